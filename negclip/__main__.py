@@ -1,0 +1,5 @@
+import sys
+
+from negclip.cli import main
+
+sys.exit(main())

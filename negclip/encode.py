@@ -1,0 +1,151 @@
+"""Tokenize captions and encode captions and photos into CLIP's joint embedding space."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections import OrderedDict
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from tqdm.auto import tqdm
+
+from negclip.images import image_bytes_hash, load_image
+from negclip.models import MAX_TEXT_LENGTH, LoadedClip
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class TokenizedBatch:
+    input_ids: torch.Tensor  # (batch, longest caption in the batch) int64
+    attention_mask: torch.Tensor  # (batch, longest caption in the batch) int64
+    truncated: int  # captions cut at MAX_TEXT_LENGTH tokens
+
+
+class EmptyCaptionError(ValueError):
+    """A caption is empty or only white space."""
+
+
+def tokenize(tokenizer, captions: list[str], max_length: int = MAX_TEXT_LENGTH) -> TokenizedBatch:
+    """Tokenize captions, padded to the longest caption of this batch rather than to 77 tokens.
+
+    CLIP's text encoder is causal and pools at the first end-of-text token, so padding after it does not change
+    the embedding: per-batch padding gives the same features for less compute. Captions over `max_length`
+    tokens are truncated (keeping the end-of-text token) and counted.
+    """
+    for index, caption in enumerate(captions):
+        if not isinstance(caption, str) or not caption.strip():
+            raise EmptyCaptionError(f"caption {index} is empty: {caption!r}; give every caption some text")
+    full = tokenizer(list(captions), add_special_tokens=True)["input_ids"]
+    truncated = sum(len(ids) > max_length for ids in full)
+    if truncated:
+        logger.info("%d of %d captions were longer than %d tokens and were truncated", truncated, len(captions), max_length)
+    encoded = tokenizer(
+        list(captions), padding="longest", truncation=True, max_length=max_length, return_tensors="pt"
+    )
+    return TokenizedBatch(encoded["input_ids"], encoded["attention_mask"], truncated)
+
+
+def text_features(model, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """Return projected, unnormalised caption features (batch, projection_dim); gradients flow if enabled."""
+    outputs = model.text_model(input_ids=input_ids, attention_mask=attention_mask)
+    return model.text_projection(outputs.pooler_output)
+
+
+def image_features(model, pixel_values: torch.Tensor) -> torch.Tensor:
+    """Return projected, unnormalised photo features (batch, projection_dim)."""
+    outputs = model.vision_model(pixel_values=pixel_values)
+    return model.visual_projection(outputs.pooler_output)
+
+
+@torch.no_grad()
+def encode_texts(
+    clip: LoadedClip, captions: list[str], batch_size: int = 256, normalize: bool = True, progress: bool = False
+) -> torch.Tensor:
+    """Embed captions, returning (len(captions), projection_dim) float32 on the CPU."""
+    clip.model.eval()
+    chunks = []
+    starts = range(0, len(captions), batch_size)
+    for start in tqdm(starts, desc="captions", disable=not progress or len(starts) < 2):
+        batch = tokenize(clip.tokenizer, captions[start : start + batch_size])
+        features = text_features(
+            clip.model, batch.input_ids.to(clip.device), batch.attention_mask.to(clip.device)
+        ).float()
+        chunks.append(F.normalize(features, dim=-1) if normalize else features)
+    if not chunks:
+        return torch.empty(0, clip.model.config.projection_dim)
+    return torch.cat(chunks).cpu()
+
+
+class ImageFeatureCache:
+    """Unnormalised image features keyed by model and pixel hash; least recently used entries go first."""
+
+    def __init__(self, max_entries: int = 4096):
+        self.max_entries = max_entries
+        self._entries: OrderedDict[tuple[str, str], torch.Tensor] = OrderedDict()
+        self.hits = 0
+        self.misses = 0
+
+    def get(self, model_key: str, image_hash: str) -> torch.Tensor | None:
+        entry = self._entries.get((model_key, image_hash))
+        if entry is None:
+            self.misses += 1
+            return None
+        self.hits += 1
+        self._entries.move_to_end((model_key, image_hash))
+        return entry
+
+    def put(self, model_key: str, image_hash: str, features: torch.Tensor) -> None:
+        self._entries[(model_key, image_hash)] = features
+        self._entries.move_to_end((model_key, image_hash))
+        while len(self._entries) > self.max_entries:
+            self._entries.popitem(last=False)
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+
+@torch.no_grad()
+def encode_images(
+    clip: LoadedClip,
+    images: list[str | os.PathLike | Image.Image],
+    batch_size: int = 64,
+    normalize: bool = True,
+    cache: ImageFeatureCache | None = None,
+    progress: bool = False,
+) -> torch.Tensor:
+    """Embed photos (paths or PIL images), returning (len(images), projection_dim) float32 on the CPU.
+
+    The image tower is never trained here, so with a cache each photo is encoded once per model. Tuned models
+    share the base model's image features, because tuning touches only the text encoder.
+    """
+    clip.model.eval()
+    model_key = clip.name  # adapters change only the text side
+    results: list[torch.Tensor | None] = [None] * len(images)
+    pending: list[tuple[int, Image.Image, str | None]] = []
+    for index, source in enumerate(images):
+        image = load_image(source)
+        image_hash = image_bytes_hash(image) if cache is not None else None
+        cached = cache.get(model_key, image_hash) if cache is not None else None
+        if cached is not None:
+            results[index] = cached
+        else:
+            pending.append((index, image, image_hash))
+
+    starts = range(0, len(pending), batch_size)
+    for start in tqdm(starts, desc="images", disable=not progress or len(starts) < 2):
+        chunk = pending[start : start + batch_size]
+        pixel_values = clip.preprocess([image for _, image, _ in chunk]).to(clip.device)
+        features = image_features(clip.model, pixel_values).float().cpu()
+        for (index, _, image_hash), feature in zip(chunk, features):
+            results[index] = feature
+            if cache is not None:
+                cache.put(model_key, image_hash, feature)
+
+    if not results:
+        return torch.empty(0, clip.model.config.projection_dim)
+    stacked = torch.stack(results)
+    return F.normalize(stacked, dim=-1) if normalize else stacked
