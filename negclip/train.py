@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 
 from negclip import distributed
 from negclip.config import TrainConfig
-from negclip.data import NegationExample, load_negation_examples
+from negclip.data import NegationExample
 from negclip.encode import encode_images, text_features, tokenize
 from negclip.losses import OmniNegLoss
 from negclip.models import load_clip
@@ -222,6 +222,8 @@ def train(
     device = distributed.device_for(config.device) if distributed.is_distributed() else resolve_device(config.device)
 
     # Data: the project's JSONL, or any supported file turned into negation examples.
+    from negclip.sources import load_negation_examples
+
     examples = load_negation_examples(config.data, image_root=config.image_root, seed=config.seed)
     train_examples, eval_examples = split_by_image(examples, config.eval_fraction, config.seed)
     if len(train_examples) < 2:
