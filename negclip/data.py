@@ -795,8 +795,8 @@ def read_ccneg(
     annotations[i]["json"]["caption"] is the true caption and annotations[i]["sop_data"]["negative-prompt"]
     the negated, false one. split="eval" keeps the last `eval_size` items, "train" the rest, "all" every item.
     """
-    # NOTE: checked only on files of this shape written with torch.save. The released file itself was not
-    # available, so its key names come from CC-Neg's published loading code, not from the file.
+    # NOTE: checked only on files of this shape written with torch.save. The released file was not
+    # available, so the nested caption keys ("json", "sop_data") are not verified against it.
     data = _load_torch_data(path)
     image_paths, annotations = _ccneg_lists(path, data)
     indices = _ccneg_split_indices(path, len(image_paths), split, eval_size)
