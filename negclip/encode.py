@@ -6,6 +6,7 @@ import logging
 import os
 from collections import OrderedDict
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -80,8 +81,21 @@ def encode_texts(
     return torch.cat(chunks).cpu()
 
 
+def _image_key(source) -> str:
+    """Cache key of a photo: path, size and modification time for files (no decoding needed), pixel hash for
+    in-memory images."""
+    if isinstance(source, Image.Image):
+        return "pixels:" + image_bytes_hash(source)
+    path = Path(source)
+    try:
+        stat = path.stat()
+    except OSError:
+        return f"path:{path}"  # load_image raises the missing-file error with the path
+    return f"path:{path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}"
+
+
 class ImageFeatureCache:
-    """Unnormalised image features keyed by model and pixel hash; least recently used entries go first."""
+    """Unnormalised image features keyed by model and photo; least recently used entries go first."""
 
     def __init__(self, max_entries: int = 4096):
         self.max_entries = max_entries
@@ -124,27 +138,30 @@ def encode_images(
     """
     clip.model.eval()
     model_key = clip.name  # adapters change only the text side
-    results: list[torch.Tensor | None] = [None] * len(images)
-    pending: list[tuple[int, Image.Image, str | None]] = []
-    for index, source in enumerate(images):
-        image = load_image(source)
-        image_hash = image_bytes_hash(image) if cache is not None else None
-        cached = cache.get(model_key, image_hash) if cache is not None else None
+    keys = [_image_key(source) for source in images]
+    found: dict[str, torch.Tensor] = {}
+    pending: dict[str, object] = {}  # key -> source, each distinct photo once, decoded batch by batch
+    for source, key in zip(images, keys):
+        if key in found or key in pending:
+            continue
+        cached = cache.get(model_key, key) if cache is not None else None
         if cached is not None:
-            results[index] = cached
+            found[key] = cached
         else:
-            pending.append((index, image, image_hash))
+            pending[key] = source
 
-    starts = range(0, len(pending), batch_size)
+    pending_items = list(pending.items())
+    starts = range(0, len(pending_items), batch_size)
     for start in tqdm(starts, desc="images", disable=not progress or len(starts) < 2):
-        chunk = pending[start : start + batch_size]
-        pixel_values = clip.preprocess([image for _, image, _ in chunk]).to(clip.device)
+        chunk = pending_items[start : start + batch_size]
+        pixel_values = clip.preprocess([load_image(source) for _, source in chunk]).to(clip.device)
         features = image_features(clip.model, pixel_values).float().cpu()
-        for (index, _, image_hash), feature in zip(chunk, features):
-            results[index] = feature
+        for (key, _), feature in zip(chunk, features):
+            found[key] = feature
             if cache is not None:
-                cache.put(model_key, image_hash, feature)
+                cache.put(model_key, key, feature)
 
+    results = [found[key] for key in keys]
     if not results:
         return torch.empty(0, clip.model.config.projection_dim)
     stacked = torch.stack(results)
