@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import argparse
 import logging
+import random
 from pathlib import Path
 
 from negclip.data import (
     DataFormatError,
     ImageRecord,
     McqItem,
+    NegationClipCaption,
     NegationExample,
     RetrievalItem,
     load_dataset_file,
@@ -51,6 +53,8 @@ def load_negation_examples(path: str | Path, image_root: str | Path | None = Non
         examples = loaded.items
     elif loaded.format in RECORD_FORMATS:
         examples = build_negations(loaded.items, seed=seed).examples
+    elif loaded.format == "negationclip_json":
+        examples = negationclip_examples(loaded.items, seed=seed)
     else:
         raise DataFormatError(
             path,
@@ -59,6 +63,40 @@ def load_negation_examples(path: str | Path, image_root: str | Path | None = Non
         )
     if not examples:
         raise DataFormatError(path, "no usable negation examples (are object labels missing?)")
+    return examples
+
+
+def negationclip_examples(captions: list[NegationClipCaption], seed: int = 0) -> list[NegationExample]:
+    """Pair NegationCLIP's `updated_caption` (true: it negates an absent object) with a presence negation.
+
+    NegationCLIP files carry no object labels, so the objects present are the COCO categories that the caption
+    names; captions that name none are skipped and counted in the log.
+    """
+    from negclip.negations import COCO_CATEGORIES, PHRASING_NAMES, mentions_object, negate_caption
+
+    rng = random.Random(seed)
+    examples = []
+    for item in captions:
+        objects = [name for name in COCO_CATEGORIES if mentions_object(item.caption, name)]
+        if not objects:
+            continue
+        present = rng.choice(objects)
+        examples.append(
+            NegationExample(
+                image=item.image,
+                caption=item.caption,
+                presence_negated=negate_caption(item.caption, present, rng.choice(PHRASING_NAMES)),
+                absence_negated=item.updated_caption,
+                present_object=present,
+                absent_object="",
+                objects=objects,
+                absent_objects=[],
+                image_id=item.image_id,
+            )
+        )
+    logger.info(
+        "NegationCLIP captions: %d of %d name a COCO category and became examples", len(examples), len(captions)
+    )
     return examples
 
 
@@ -166,7 +204,10 @@ register(
         score_retrieval,
         [(f"{direction} {k}", f"{key}.{k}") for key, direction in (("image_to_text", "i2t"), ("text_to_image", "t2i"))
          for k in ("R@1", "R@5", "R@10")]
-        + [(f"negated {direction} R@1", f"negated.{key}.R@1") for key, direction in (("image_to_text", "i2t"), ("text_to_image", "t2i"))]
-        + [(f"negated {direction} R@5", f"negated.{key}.R@5") for key, direction in (("image_to_text", "i2t"), ("text_to_image", "t2i"))],
+        + [
+            (f"negated {direction} {k}", f"negated.{key}.{k}")
+            for key, direction in (("image_to_text", "i2t"), ("text_to_image", "t2i"))
+            for k in ("R@1", "R@5")
+        ],
     )
 )

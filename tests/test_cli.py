@@ -135,3 +135,24 @@ def test_model_offline_message(capsys, monkeypatch):
     code = main(["score", "x.jpg", "a dog", "--model", "openai/clip-vit-base-patch32"])
     assert code == 2
     assert "--model <folder>" in capsys.readouterr().err
+
+
+def test_train_reads_negationclip_json(tmp_path, photo_paths):
+    from negclip.sources import load_negation_examples
+
+    images = [{"id": index, "file_name": path.name} for index, path in enumerate(photo_paths[:3])]
+    annotations = [
+        {"id": 1, "image_id": 0, "caption": "A dog sleeping on a couch.", "updated_caption": "A dog sleeping on a couch, with no cat."},
+        {"id": 2, "image_id": 1, "caption": "Two people riding horses.", "updated_caption": "Two people riding horses, and no car."},
+        {"id": 3, "image_id": 2, "caption": "A sunny day.", "updated_caption": "A sunny day without any boat."},
+    ]
+    path = tmp_path / "negationclip.json"
+    path.write_text(json.dumps({"images": images, "annotations": annotations}))
+
+    examples = load_negation_examples(path, image_root=photo_paths[0].parent)
+
+    assert len(examples) == 2  # the third names no COCO category, so it has nothing to negate
+    assert examples[0].absence_negated == "A dog sleeping on a couch, with no cat."
+    assert examples[0].present_object in {"dog", "couch"}
+    assert examples[0].presence_negated != examples[0].caption
+    assert set(examples[1].objects) == {"person", "horse"}
