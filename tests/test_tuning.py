@@ -189,3 +189,24 @@ def test_save_adapter_keeps_old_on_failure(tmp_path):
 
     assert (folder / FULL_WEIGHTS_FILE).read_bytes() == original
     assert [p.name for p in tmp_path.iterdir()] == ["adapter"]
+
+
+def test_save_adapter_disk_full_keeps_old(tmp_path, monkeypatch):
+    import errno
+
+    import negclip.tuning as tuning
+
+    clip = load_clip("tiny-random")
+    folder = tmp_path / "adapter"
+    save_adapter(clip.model, folder, {"mode": "full", "parameters": ["logit_scale"]})
+    original = (folder / FULL_WEIGHTS_FILE).read_bytes()
+
+    def disk_full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(tuning, "save_file", disk_full)
+    with pytest.raises(OSError, match="No space left"):
+        save_adapter(clip.model, folder, {"mode": "full", "parameters": ["logit_scale"]})
+
+    assert (folder / FULL_WEIGHTS_FILE).read_bytes() == original
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["adapter"]
