@@ -41,7 +41,7 @@ def add_negations_parser(subparsers) -> None:
     parser.add_argument("--instances", help="COCO instances JSON with the object labels (instances_val2017.json)")
     parser.add_argument("--negbench-csv", help="NegBench retrieval CSV: labels (positive_objects / negative_objects), "
                         "and the captions when --captions is not given")
-    parser.add_argument("--image-root", required=True, help="folder that holds the images")
+    parser.add_argument("--image-root", required=True, help="folder that contains the images")
     parser.add_argument("--out", required=True, help="JSONL file to write")
     parser.add_argument("--captions-per-image", type=int, default=None, help="use at most N captions of each image (default: all)")
     parser.add_argument("--seed", type=int, default=0, help="seed for choosing objects and phrasings")

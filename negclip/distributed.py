@@ -51,7 +51,7 @@ def barrier() -> None:
 
 
 def device_for(name: str) -> torch.device:
-    """The device of this process: its LOCAL_RANK's GPU when CUDA is used, else the CPU."""
+    """Return the device of this process: its LOCAL_RANK's GPU when CUDA is used, else the CPU."""
     if name in ("auto", "cuda") and torch.cuda.is_available():
         return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
     return torch.device("cpu" if name == "auto" else name)

@@ -53,8 +53,8 @@ def evaluate_absence(clip: LoadedClip, examples: list[NegationExample]) -> dict:
 
 
 def evaluate_mcq(clip: LoadedClip, items: list[McqItem]) -> dict:
-    """NegBench multiple choice: the model picks the caption closest to the image; accuracy overall and per
-    template (positive: affirmative answer; negative: negated answer; hybrid: both)."""
+    """Score NegBench multiple choice: the model picks the caption closest to the image. Returns accuracy
+    overall and per template (positive: affirmative correct caption, negative: negated, hybrid: both)."""
     if not items:
         return {"accuracy": None, "count": 0, "by_template": {}}
     images = _image_embeddings(clip, [item.image for item in items])
@@ -112,7 +112,7 @@ def retrieval_items_from_examples(examples: list[NegationExample]) -> list[Retri
 
 
 def evaluate_examples(clip: LoadedClip, examples: list[NegationExample]) -> dict:
-    """The quick before/after check that training runs on its held-out images."""
+    """Run the quick before/after check that training applies to its held-out images."""
     return {
         "presence": evaluate_presence(clip, examples),
         "absence": evaluate_absence(clip, examples),

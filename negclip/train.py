@@ -1,9 +1,9 @@
 """Fine-tune CLIP's text encoder with the Omni-NegCLIP objectives.
 
 The loop reads top to bottom: settings, data, model, cached image features, optimiser, steps, evaluation,
-save. Two choices make it several times faster than the authors' loop without changing the losses: the image
-tower is frozen, so each photo is encoded once per run; and each step encodes every distinct caption once,
-padded to the longest caption of that step rather than to 77 tokens.
+save. Two choices make it several times faster than the authors' loop without changing the losses. The image
+tower is frozen, so each photo is encoded once per run. Each step encodes every distinct caption once, padded
+to the longest caption of that step rather than to 77 tokens.
 """
 
 from __future__ import annotations
@@ -118,7 +118,7 @@ def step_losses(
 ) -> dict[str, torch.Tensor]:
     """Compute the total loss for one presence batch and one absence batch.
 
-    `image_embeds` holds the cached, normalised features of every image; `presence_images` and `absence_images`
+    `image_embeds` contains the cached, normalised features of every image; `presence_images` and `absence_images`
     index into it. Under torchrun the features are gathered across processes so each InfoNCE sees the global batch.
     """
     device = image_embeds.device
@@ -177,8 +177,10 @@ def _load_checkpoint(path: Path, model, optimizer, scheduler) -> tuple[int, list
     with torch.no_grad():
         for name, tensor in state["trainable"].items():
             if name not in parameters:
-                raise RuntimeError(f"checkpoint {path} holds {name}, which this run does not train; "
-                                   "resume with the settings of the interrupted run")
+                raise RuntimeError(
+                    f"checkpoint {path} contains {name}, which this run does not train; "
+                    "resume with the settings of the interrupted run"
+                )
             parameters[name].copy_(tensor)
     optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])

@@ -1,6 +1,6 @@
 """Selective tuning of CLIP's text encoder: choose layers, make them trainable (full or LoRA), save and load.
 
-A full-mode adapter folder holds `negclip_adapter.safetensors` (only the tensors that were trained, under the
+A full-mode adapter folder contains `negclip_adapter.safetensors` (only the tensors that were trained, under the
 base model's state_dict names) and `negclip_adapter.json`. A LoRA adapter folder is a plain peft adapter
 (`adapter_config.json`, `adapter_model.safetensors`) with the same `negclip_adapter.json` beside it.
 """
@@ -38,8 +38,8 @@ class AdapterError(RuntimeError):
 def select_layers(spec: str, num_layers: int) -> list[int]:
     """Turn a layer preset or range into sorted layer indices.
 
-    `front` is the first half (layers 0-5 of 12, as the authors tune), `back` the second half, `middle` the
-    central half, `all` every layer; `0-3` is inclusive and `0,2,5` lists layers.
+    `front` is the first half (layers 0-5 of 12, as the authors tune). `back` is the second half, `middle` the
+    central half and `all` every layer. A range such as `0-3` is inclusive, and `0,2,5` lists layers.
     """
     spec = spec.strip().lower()
     half = max(1, num_layers // 2)
@@ -91,7 +91,7 @@ def trainable_parameter_names(model, layers: list[int], config) -> list[str]:
 def prepare_for_training(model, layers: list[int], config):
     """Freeze everything except the selected text layers (and the switched-on extras); return the model to train.
 
-    In full mode that is `model` itself; in LoRA mode it is a peft model wrapping it, with LoRA on the
+    In full mode that is `model` itself. In LoRA mode it is a peft model that wraps it, with LoRA on the
     attention and MLP projections of the selected layers only.
     """
     for parameter in model.parameters():
