@@ -118,6 +118,8 @@ def run_train(args) -> int:
     if result.before and result.after:
         print(format_table({name: {"base": result.before[name], "tuned": result.after[name]} for name in result.before},
                            with_tuned=True))
+    for warning in result.warnings:
+        print(f"warning: {warning}")
     return 0
 
 

@@ -59,6 +59,10 @@ class TrainConfig:
     seed: int = field(default=0, metadata={"help": "seed for shuffling and initialisation"})
     device: str = field(default="auto", metadata={"help": "cpu, cuda, cuda:1 or auto"})
     precision: str = field(default="fp32", metadata={"help": "fp32, bf16 or fp16 (autocast; fp16 on GPU only)"})
+    zeroshot_max_drop: float | None = field(
+        default=5.0,
+        metadata={"help": "warn when held-out zero-shot mAP or top-1 falls by more than this many points; none to skip"},
+    )
     eval_fraction: float = field(
         default=0.1, metadata={"help": "share of images held out for the before/after evaluation (0 to skip)"}
     )

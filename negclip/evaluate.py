@@ -221,8 +221,12 @@ def model_card(config, info: dict, before: dict | None, after: dict | None) -> s
             ("absence accuracy (Ta over T-)", "absence.accuracy"),
             ("image-to-text R@1", "retrieval.image_to_text.R@1"),
             ("text-to-image R@1", "retrieval.text_to_image.R@1"),
+            ("zero-shot mAP (object categories)", "zeroshot.mean_average_precision"),
+            ("zero-shot top-1 hit rate", "zeroshot.top1_hit_rate"),
         ]:
             base_value, tuned_value = lookup(before, key), lookup(after, key)
+            if base_value is None:
+                continue
             lines.append(f"| {label} | {_percent(base_value)} | {_percent(tuned_value)} | {_signed_points(tuned_value, base_value)} |")
         lines.append("")
     else:

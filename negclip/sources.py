@@ -27,6 +27,7 @@ from negclip.data import (
     retrieval_items,
     write_jsonl,
 )
+import negclip.benchmarks  # noqa: F401  registers negrefcocog, ccneg, valse-existence and zeroshot
 from negclip.evaluate import (
     Benchmark,
     evaluate_mcq,

@@ -62,6 +62,29 @@ def test_train_writes_adapter_config_metrics(negation_file, tmp_path):
     assert "| tuned text layers | front = [0, 1] |" in card
     assert "presence accuracy" in card
     assert max(record["logit_scale"] for record in records) <= 100.0 + 1e-4
+    guard = metrics["zeroshot_guard"]
+    assert guard["max_drop_points"] == 5.0
+    assert set(guard["drop_points"]) == {"mean_average_precision", "top1_hit_rate"}
+    assert "zero-shot mAP" in card
+
+
+def test_train_zeroshot_guard_warns(negation_file, tmp_path, monkeypatch):
+    import negclip.benchmarks.zeroshot as zeroshot
+
+    real_evaluate = zeroshot.evaluate_zeroshot
+    scores = iter([1.0, 0.5])  # base, then tuned: a 50-point drop in mean average precision
+
+    def evaluate_with_drop(*args, **kwargs):
+        result = real_evaluate(*args, **kwargs)
+        result["mean_average_precision"] = next(scores)
+        return result
+
+    monkeypatch.setattr(zeroshot, "evaluate_zeroshot", evaluate_with_drop)
+    result = train(_config(negation_file, tmp_path, max_steps=1))
+
+    assert len(result.warnings) == 1
+    assert "mean average precision" in result.warnings[0]
+    assert "**Warning:**" in (result.adapter_dir / "README.md").read_text()
 
 
 def test_train_lora_mode(negation_file, tmp_path):
