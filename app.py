@@ -169,11 +169,16 @@ def build_demo(startup: StartupModel) -> gr.Blocks:
         model.change(model_status, picker_inputs, status)
         adapter.change(model_status, picker_inputs, status)
 
-        # Compare
+        # Compare: the first example photo is loaded with the page, so Compare works at once.
         photo_file.upload(compare.set_photo, [photo_file, session], [photo, session])
 
         def on_example(session_value, event: gr.SelectData):
             return compare.choose_example(event.index, session_value)
+
+        def load_first_example(session_value):
+            return compare.choose_example(0, session_value)
+
+        demo.load(load_first_example, [session], [photo, captions, truth, session])
 
         gallery.select(on_example, [session], [photo, captions, truth, session])
         captions.change(compare.sync_truth_choices, [captions, truth], truth, show_progress="hidden")

@@ -41,11 +41,12 @@ CHROMIUM_ARGS = [
     "--disable-sync",
 ]
 STARTUP_SECONDS = 180
-PHOTO = EXAMPLES_DIR / "000000177015.jpg"
+# Not the first example photo, which the page shows on load, so that a failed upload cannot pass unnoticed.
+PHOTO = EXAMPLES_DIR / "000000190140.jpg"
 CAPTIONS = [
-    "A man using his laptop computer while a cat sits on his lap.",
-    "A man using his laptop computer, but there is no cat.",
-    "A man using his laptop computer, but there is no dog.",
+    "A man and a dog on a small boat.",
+    "A man on a small boat, but there is no dog.",
+    "A man and a dog on a small boat, with no car in sight.",
 ]
 
 pytestmark = pytest.mark.skipif(
@@ -123,7 +124,7 @@ def numbers_in(text: str) -> list[float]:
 
 
 def test_compare_and_map_in_browser(served_app, tmp_path):
-    from playwright.sync_api import sync_playwright
+    from playwright.sync_api import expect, sync_playwright
 
     url, model, adapter = served_app
     base = load_clip(model)
@@ -148,14 +149,17 @@ def test_compare_and_map_in_browser(served_app, tmp_path):
             page.locator("#compare-button").wait_for(timeout=60_000)
             assert "Offline mode" in page.locator("#offline-notice").inner_text()
 
+            # The page loads the first example photo and its captions; wait, so they do not replace ours.
+            expect(page.locator("#captions textarea")).not_to_have_value("", timeout=30_000)
             page.locator("#photo-upload input[type=file]").set_input_files(str(PHOTO))
-            page.locator("#photo img").wait_for(timeout=30_000)
+            expect(page.locator("#photo img")).to_have_attribute("src", re.compile(PHOTO.stem), timeout=30_000)
             page.locator("#captions textarea").fill("\n".join(CAPTIONS))
+            page.locator("#truth label", has_text=CAPTIONS[1]).locator("input").uncheck()
             for caption in (CAPTIONS[0], CAPTIONS[2]):
-                page.locator("#truth label", has_text=caption).click()
+                page.locator("#truth label", has_text=caption).locator("input").check()
             page.locator("#compare-button").click()
-            page.locator("#compare-scores").get_by_text("tuned cosine").wait_for(timeout=60_000)
-            page.locator("#compare-scores").get_by_text(CAPTIONS[2]).wait_for(timeout=10_000)
+            expect(page.locator("#compare-scores")).to_contain_text("tuned cosine", timeout=60_000)
+            expect(page.locator("#compare-scores")).to_contain_text(CAPTIONS[2], timeout=10_000)
 
             shown_numbers = numbers_in(page.locator("#compare-scores").inner_text())
             for label, scores in expected.items():
