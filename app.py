@@ -19,9 +19,9 @@ import gradio as gr
 from negclip.config import TrainConfig
 from negclip.models import DEFAULT_MODEL
 from webapp import compare, evaluation, explore, finetune
-from webapp.errors import PAGE_ERRORS, page_message
 from webapp.datasets import BUNDLED, EXAMPLES_DIR, SOURCES, WORLD, example_photos
-from webapp.models import STORE, StartupModel, adapter_choices, load_startup_model, model_choices
+from webapp.errors import PAGE_ERRORS, page_message
+from webapp.models import STARTUP_ADAPTERS, STORE, StartupModel, adapter_choices, load_startup_model, model_choices
 from webapp.session import delete_session, new_session
 
 logger = logging.getLogger("app")
@@ -53,9 +53,9 @@ def build_demo(startup: StartupModel) -> gr.Blocks:
     models = model_choices()
     if startup.model not in models:
         models.insert(0, startup.model)
+    if startup.adapter not in adapter_choices():
+        STARTUP_ADAPTERS.append(startup.adapter)
     adapters = adapter_choices()
-    if startup.adapter not in adapters:
-        adapters.append(startup.adapter)
 
     with gr.Blocks(title="Omni-NegCLIP workbench") as demo:
         session = gr.State(new_session, delete_callback=delete_session)

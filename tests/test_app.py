@@ -22,7 +22,7 @@ from negclip.scoring import SHARED_IMAGE_CACHE, score_captions
 from negclip.sources import load_negation_examples
 from negclip.train import train
 from negclip.tuning import AdapterError, load_adapter
-from webapp import compare, datasets, evaluation, explore, finetune, inputs
+from webapp import compare, datasets, evaluation, explore, finetune, inputs, models
 from webapp.models import (
     NO_ADAPTER,
     SESSION_ADAPTER,
@@ -255,6 +255,13 @@ def test_resolve_adapter_choices(adapter_dir):
     assert resolve_adapter(SESSION_ADAPTER, adapter_dir) == adapter_dir
     with pytest.raises(AdapterError, match="no adapter has been fine-tuned"):
         resolve_adapter(SESSION_ADAPTER, None)
+
+
+def test_adapter_choices_keep_startup_adapter(monkeypatch, adapter_dir):
+    monkeypatch.setattr(models, "STARTUP_ADAPTERS", [adapter_dir])
+    choices = models.adapter_choices(has_session_adapter=True)
+    assert choices[0] == NO_ADAPTER
+    assert choices[-2:] == [adapter_dir, SESSION_ADAPTER]
 
 
 def test_compare_unknown_adapter(session):

@@ -1,11 +1,11 @@
 """Checks on what users type and upload: captions, photos, data files and zip archives of images.
 
-Every check raises a ValueError subclass whose message the page shows as is, so it names the input and the fix.
+Every check raises InputError, ImageLoadError, DataFormatError or MissingImagesError, whose message the page
+shows as is, so each names the input and the fix.
 """
 
 from __future__ import annotations
 
-import logging
 import shutil
 import stat
 import zipfile
@@ -17,15 +17,13 @@ from negclip.encode import tokenize
 from negclip.images import load_image
 from negclip.models import MAX_TEXT_LENGTH
 
-logger = logging.getLogger(__name__)
-
 MAX_CAPTIONS = 24
-# Far beyond CLIP's 77 tokens (about 300 characters of English); longer lines are rejected before tokenizing.
+# Far beyond CLIP's 77 tokens (roughly 300 characters of English); longer lines are rejected before tokenizing.
 MAX_CAPTION_CHARACTERS = 1000
 MAX_ZIP_MEMBERS = 20_000
 MAX_ZIP_UNCOMPRESSED_BYTES = 2 * 1024**3
 DATA_SUFFIXES = (".jsonl", ".csv", ".json")
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
+DECODE_CHECKED_IMAGES = 50
 
 
 class InputError(ValueError):
@@ -47,12 +45,10 @@ def parse_captions(text: str | None, tokenizer=None, max_captions: int = MAX_CAP
     lines = (text or "").splitlines()
     captions: list[str] = []
     notes: list[str] = []
-    empty = 0
     repeated = 0
     for number, line in enumerate(lines, start=1):
         caption = " ".join(line.split())
         if not caption:
-            empty += 1
             continue
         if len(caption) > MAX_CAPTION_CHARACTERS:
             raise InputError(
@@ -69,8 +65,6 @@ def parse_captions(text: str | None, tokenizer=None, max_captions: int = MAX_CAP
         raise InputError(f"{len(captions)} captions given, over the limit of {max_captions}; remove some lines")
     if repeated:
         notes.append(f"{repeated} repeated caption(s) were ignored")
-    if empty and empty < len(lines):
-        logger.debug("ignored %d empty caption lines", empty)
     if tokenizer is not None:
         truncated = tokenize(tokenizer, captions).truncated
         if truncated:
@@ -207,7 +201,7 @@ def load_upload(data_file: str | None, images_zip: str | None, folder: str | Pat
     loaded: LoadedDataset = load_dataset_file(path, image_root or path.parent, on_missing="raise")
     if not loaded.items:
         raise InputError(f"{path.name} contains no rows; add at least one example")
-    for item in loaded.items[:50]:
-        if hasattr(item, "image"):
-            load_image(item.image)
+    # The readers checked that every image exists; decoding is checked on a sample to keep uploads quick.
+    for item in loaded.items[:DECODE_CHECKED_IMAGES]:
+        load_image(item.image)
     return UploadedData(path, image_root or path.parent, loaded.format, len(loaded.items))

@@ -30,6 +30,8 @@ SESSION_ADAPTER = "fine-tuned in this session"
 BUNDLED_ADAPTER = "negation-world"
 # Offline fallbacks in order of preference; negation-world only once its folder is bundled.
 OFFLINE_MODELS = ("negation-world", "tiny-random")
+# Adapters given on the command line, offered in every session's picker.
+STARTUP_ADAPTERS: list[str] = []
 # Loaded models kept in memory. ViT-B/32 has 151 M parameters (about 600 MB in fp32), so six take about 3.6 GB.
 MAX_LOADED_MODELS = 6
 
@@ -55,6 +57,7 @@ def adapter_choices(has_session_adapter: bool = False) -> list[str]:
     choices = [NO_ADAPTER]
     if negation_world_adapter_available():
         choices.append(BUNDLED_ADAPTER)
+    choices += [adapter for adapter in STARTUP_ADAPTERS if adapter not in choices]
     if has_session_adapter:
         choices.append(SESSION_ADAPTER)
     return choices
