@@ -244,6 +244,32 @@ def test_startup_falls_back_offline(monkeypatch):
     assert "hf download openai/clip-vit-base-patch32" in startup.notice
 
 
+def test_startup_prefers_negation_world(monkeypatch, tmp_path, adapter_dir):
+    """Once the negation-world model and adapter are bundled, the offline fallback is that pair."""
+    import shutil
+
+    import negclip.models
+    import negclip.tuning
+
+    model_dir = tmp_path / "negation-world" / "model"
+    load_clip(MODEL).model.save_pretrained(model_dir)
+    bundled_adapter = shutil.copytree(adapter_dir, tmp_path / "negation-world" / "adapter")
+    monkeypatch.setattr(negclip.models, "NEGATION_WORLD_MODEL_DIR", model_dir)
+    monkeypatch.setattr(models, "NEGATION_WORLD_MODEL_DIR", model_dir)
+    monkeypatch.setattr(models, "NEGATION_WORLD_ADAPTER_DIR", bundled_adapter)
+    monkeypatch.setitem(negclip.tuning.BUILTIN_ADAPTERS, "negation-world", bundled_adapter)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+
+    store = ModelStore()
+    startup = load_startup_model(store, "openai/clip-vit-base-patch32")
+    assert (startup.model, startup.adapter) == ("negation-world", "negation-world")
+    assert "running `negation-world` instead of" in startup.notice
+    assert models.model_choices() == ["openai/clip-vit-base-patch32", "negation-world", "tiny-random"]
+    assert models.adapter_choices() == [NO_ADAPTER, "negation-world"]
+    tuned = store.tuned(startup.model, resolve_adapter(startup.adapter, None))
+    assert tuned.adapter == "negation-world"
+
+
 def test_startup_requested_model():
     startup = load_startup_model(ModelStore(), MODEL)
     assert (startup.model, startup.adapter, startup.notice) == (MODEL, NO_ADAPTER, "")
@@ -281,6 +307,18 @@ def test_choose_example_defaults():
     assert captions.splitlines() == example.captions
     assert truth["value"] == example.true_captions
     assert len(example.captions) == 4
+
+
+def test_example_photos_add_world_scenes(monkeypatch):
+    monkeypatch.setattr(datasets, "negation_world_available", lambda: True)
+    photos = datasets.example_photos()
+    assert len(photos) == 6 + datasets.WORLD_EXAMPLE_SCENES
+    scene = photos[6]
+    assert scene.label.startswith("scene: ")
+    assert Path(scene.path).is_file()
+    assert len(scene.captions) == 3
+    assert scene.true_captions == [scene.captions[0], scene.captions[2]]
+    assert compare.is_negated(scene.captions[1])
 
 
 def test_compare_matches_scoring(session, adapter_dir):

@@ -8,10 +8,18 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
-from negclip.data import McqItem, NegationExample, RetrievalItem, read_negbench_mcq_csv, read_negbench_retrieval_csv
+from negclip.data import (
+    McqItem,
+    NegationExample,
+    RetrievalItem,
+    read_jsonl,
+    read_negbench_mcq_csv,
+    read_negbench_retrieval_csv,
+)
 from negclip.evaluate import retrieval_items_from_examples
 from negclip.sources import load_negation_examples
 from webapp.inputs import InputError, UploadedData
+from webapp.models import negation_world_available
 from webapp.session import work_root
 
 logger = logging.getLogger(__name__)
@@ -30,6 +38,7 @@ SOURCES = (BUNDLED, WORLD, UPLOADED)
 # Embedding map, with the world's own seeds so that they never overlap.
 WORLD_TRAIN_SCENES = 512
 WORLD_TEST_SCENES = 200
+WORLD_EXAMPLE_SCENES = 3
 
 _world_lock = threading.Lock()
 
@@ -45,13 +54,29 @@ class ExamplePhoto:
 
 
 def example_photos() -> list[ExamplePhoto]:
-    """Read the bundled example photos from assets/examples/examples.json."""
+    """Read the bundled example photos, followed by a few negation-world scenes when that model is bundled."""
     photos = []
     for entry in json.loads(EXAMPLES_JSON.read_text()):
         captions = [item["caption"] for item in entry["compare_captions"]]
         true_captions = [item["caption"] for item in entry["compare_captions"] if item["true"]]
         label = ", ".join(entry["objects"][:3])
         photos.append(ExamplePhoto(str(EXAMPLES_DIR / entry["file"]), captions, true_captions, label))
+    if negation_world_available():
+        photos += world_example_photos()
+    return photos
+
+
+def world_example_photos(count: int = WORLD_EXAMPLE_SCENES) -> list[ExamplePhoto]:
+    """Return the first scenes of the world's test split with their caption, T- (false) and Ta (true).
+
+    The negation-world model only knows such scenes, so on photos its scores mean little.
+    """
+    folder = world_split("test")
+    photos = []
+    for example in read_jsonl(folder / "examples.jsonl")[:count]:
+        captions = [example.caption, example.presence_negated, example.absence_negated]
+        label = "scene: " + ", ".join(example.objects[:3])
+        photos.append(ExamplePhoto(example.image, captions, [example.caption, example.absence_negated], label))
     return photos
 
 
