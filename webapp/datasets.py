@@ -69,7 +69,7 @@ def example_photos() -> list[ExamplePhoto]:
 def world_example_photos(count: int = WORLD_EXAMPLE_SCENES) -> list[ExamplePhoto]:
     """Return the first scenes of the world's test split with their caption, T- (false) and Ta (true).
 
-    The negation-world model only knows such scenes, so on photos its scores mean little.
+    The negation-world model was trained only on such scenes, so on photos its scores mean little.
     """
     folder = world_split("test")
     photos = []
