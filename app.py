@@ -21,8 +21,16 @@ from negclip.models import DEFAULT_MODEL
 from webapp import compare, evaluation, explore, finetune
 from webapp.datasets import BUNDLED, EXAMPLES_DIR, SOURCES, WORLD, example_photos
 from webapp.errors import PAGE_ERRORS, page_message
-from webapp.models import STARTUP_ADAPTERS, STORE, StartupModel, adapter_choices, load_startup_model, model_choices
-from webapp.session import delete_session, new_session
+from webapp.models import (
+    NO_ADAPTER,
+    STARTUP_ADAPTERS,
+    STORE,
+    StartupModel,
+    adapter_choices,
+    load_startup_model,
+    model_choices,
+)
+from webapp.session import delete_session, new_session, work_root
 
 logger = logging.getLogger("app")
 
@@ -132,7 +140,9 @@ def build_demo(startup: StartupModel) -> gr.Blocks:
                     epochs = gr.Number(defaults.epochs, precision=0, label="Epochs", info=TRAIN_HELP["epochs"])
                     max_steps = gr.Number(0, precision=0, label="Max steps", info="0: run all epochs")
                     batch_size = gr.Number(16, precision=0, label="Batch size", info=TRAIN_HELP["batch_size"])
-                    learning_rate = gr.Number(defaults.learning_rate, label="Learning rate", info=TRAIN_HELP["learning_rate"])
+                    learning_rate = gr.Number(
+                        defaults.learning_rate, label="Learning rate", info=TRAIN_HELP["learning_rate"]
+                    )
                     train_seed = gr.Number(0, precision=0, label="Seed")
                 with gr.Row():
                     lambda_abs = gr.Number(defaults.lambda_abs, label="λ_abs", info=TRAIN_HELP["lambda_abs"])
@@ -196,7 +206,9 @@ def build_demo(startup: StartupModel) -> gr.Blocks:
             concurrency_id="map",
         )
         layer_button.click(
-            explore.layer_analysis, [layer_caption_box, layer_variants_box, model, adapter, session], [layer_plot, layer_table]
+            explore.layer_analysis,
+            [layer_caption_box, layer_variants_box, model, adapter, session],
+            [layer_plot, layer_table],
         )
 
         # Fine-tune: one run at a time across all sessions; Cancel skips the queue.
@@ -242,16 +254,23 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_arguments(argv)
     explore.UMAP_WARMUP.start()
     startup = load_startup_model(STORE, args.model, args.adapter)
-    if startup.adapter != "none":
-        STORE.tuned(startup.model, startup.adapter)
-        STORE.pin(startup.model, startup.adapter)
+    if startup.adapter != NO_ADAPTER:
+        try:
+            STORE.tuned(startup.model, startup.adapter)
+            STORE.pin(startup.model, startup.adapter)
+        except PAGE_ERRORS as error:
+            logger.error("could not load adapter %s, starting without one: %s", startup.adapter, error)
+            notice = f"⚠️ **Adapter `{startup.adapter}` could not be loaded**, so the app starts without one: "
+            notice += page_message(error)
+            notices = "\n\n".join(text for text in (startup.notice, notice) if text)
+            startup = dataclasses.replace(startup, adapter=NO_ADAPTER, notice=notices)
     logger.info("starting with model %s and adapter %s", startup.model, startup.adapter)
     demo = build_demo(startup)
     demo.queue(default_concurrency_limit=2, max_size=64).launch(
         server_name=args.server_name,
         server_port=args.server_port,
         share=args.share or None,
-        allowed_paths=[str(EXAMPLES_DIR)],
+        allowed_paths=[str(EXAMPLES_DIR), str(work_root())],  # example photos and generated world scenes
         max_file_size=args.max_file_size,
     )
 

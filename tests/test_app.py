@@ -445,7 +445,11 @@ def test_embedding_map_uploaded_missing():
 
 def test_layer_analysis_rows(adapter_dir):
     figure, table = explore.layer_analysis(
-        "A man with a cat.", "A man with a cat.\nA man, but there is no cat.\nA man with no dog.", MODEL, adapter_dir, Session()
+        "A man with a cat.",
+        "A man with a cat.\nA man, but there is no cat.\nA man with no dog.",
+        MODEL,
+        adapter_dir,
+        Session(),
     )
     assert table["negation"].unique().tolist() == ["A man, but there is no cat.", "A man with no dog."]
     assert len(table) == 2 * 5  # two negations over the embedding output and 4 layers

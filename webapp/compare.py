@@ -41,7 +41,10 @@ def compared_models(model_name: str, adapter_choice: str | None, session: Sessio
 
 
 def describe_models(models: dict[str, LoadedClip]) -> str:
-    lines = [f"**{label}**: `{clip.name}`" + (f" + adapter `{clip.adapter}`" if clip.adapter else "") for label, clip in models.items()]
+    lines = []
+    for label, clip in models.items():
+        adapter = f" + adapter `{clip.adapter}`" if clip.adapter else ""
+        lines.append(f"**{label}**: `{clip.name}`{adapter}")
     if TUNED not in models:
         lines.append("No adapter is selected, so only the vanilla model is scored; fine-tune one or pick an adapter.")
     return "  \n".join(lines)

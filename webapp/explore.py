@@ -29,7 +29,9 @@ MAX_MAP_EXAMPLES = 200
 UMAP_WARMUP = UmapWarmup()
 
 
-def typed_examples(session: Session, captions_text: str, model_name: str, adapter_choice: str | None) -> list[NegationExample]:
+def typed_examples(
+    session: Session, captions_text: str, model_name: str, adapter_choice: str | None
+) -> list[NegationExample]:
     """Negate each typed caption of the Compare tab's photo, with objects guessed by the vanilla model."""
     photo = check_photo(session.photo)
     models = compared_models(model_name, adapter_choice, session)
