@@ -25,6 +25,11 @@ from negclip.models import NEGATION_WORLD_ADAPTER_DIR, LoadedClip, ModelLoadErro
 logger = logging.getLogger(__name__)
 
 FULL_WEIGHTS_FILE = "negclip_adapter.safetensors"
+# Embedding matrices saved as the rows that training changed: (vocabulary x width) floats would make a ViT-B/32
+# adapter about 100 MB, while a data set touches a few thousand of CLIP's 49,408 tokens.
+SPARSE_ROW_PARAMETERS = ("text_model.embeddings.token_embedding.weight",)
+ROWS_SUFFIX = ".changed_rows"
+VALUES_SUFFIX = ".changed_values"
 ADAPTER_INFO_FILE = "negclip_adapter.json"
 LAYER_PRESETS = ("front", "middle", "back", "all")
 LORA_TARGETS = r"self_attn\.(q_proj|k_proj|v_proj|out_proj)|mlp\.(fc1|fc2)"
@@ -152,8 +157,39 @@ def _write_atomically(folder: Path, write) -> None:
         raise
 
 
-def save_adapter(trained_model, folder: str | Path, info: dict, model_card: str | None = None) -> Path:
-    """Save only what was trained, plus `info` (base model, layers, mode, ...) and an optional README.md."""
+def sparse_row_reference(model) -> dict[str, torch.Tensor]:
+    """Copy the embedding matrices that save_adapter stores row by row, to compare against after training."""
+    state = dict(model.named_parameters())
+    return {name: state[name].detach().clone() for name in SPARSE_ROW_PARAMETERS if name in state}
+
+
+def _full_mode_tensors(trained_model, names: list[str], row_reference: dict[str, torch.Tensor]) -> dict:
+    state = dict(trained_model.named_parameters())
+    tensors = {}
+    for name in names:
+        tensor = state[name].detach().to("cpu", torch.float32)
+        reference = row_reference.get(name)
+        if reference is None:
+            tensors[name] = tensor.contiguous()
+            continue
+        rows = (tensor != reference.to("cpu", torch.float32)).any(dim=1).nonzero().flatten()
+        tensors[name + ROWS_SUFFIX] = rows.contiguous()
+        tensors[name + VALUES_SUFFIX] = tensor[rows].contiguous()
+    return tensors
+
+
+def save_adapter(
+    trained_model,
+    folder: str | Path,
+    info: dict,
+    model_card: str | None = None,
+    row_reference: dict[str, torch.Tensor] | None = None,
+) -> Path:
+    """Save only what was trained, plus `info` (base model, layers, mode, ...) and an optional README.md.
+
+    In full mode, matrices named in `row_reference` (see sparse_row_reference) are saved as the rows that
+    differ from it.
+    """
     folder = Path(folder)
     mode = info["mode"]
 
@@ -161,9 +197,7 @@ def save_adapter(trained_model, folder: str | Path, info: dict, model_card: str 
         if mode == "lora":
             trained_model.save_pretrained(str(staging))
         else:
-            names = info["parameters"]
-            state = dict(trained_model.named_parameters())
-            tensors = {name: state[name].detach().to("cpu", torch.float32).contiguous() for name in names}
+            tensors = _full_mode_tensors(trained_model, info["parameters"], row_reference or {})
             save_file(tensors, str(staging / FULL_WEIGHTS_FILE), metadata={"format": "pt"})
         (staging / ADAPTER_INFO_FILE).write_text(json.dumps(info, indent=2, default=str))
         if model_card:
@@ -229,8 +263,13 @@ def load_adapter(clip: LoadedClip, adapter: str | Path) -> LoadedClip:
             raise AdapterError(f"adapter {folder} has no {FULL_WEIGHTS_FILE}")
         tensors = load_file(str(weights_path))
         state = dict(model.named_parameters())
-        unknown = sorted(set(tensors) - set(state))
+        row_updates = _pop_row_updates(tensors)
+        unknown = sorted((set(tensors) | set(row_updates)) - set(state))
         mismatched = sorted(n for n in tensors if n in state and tensors[n].shape != state[n].shape)
+        mismatched += sorted(
+            n for n, (rows, values) in row_updates.items()
+            if n in state and (values.shape[1:] != state[n].shape[1:] or (rows.numel() and rows.max() >= state[n].shape[0]))
+        )
         if unknown or mismatched:
             raise AdapterError(
                 f"adapter {folder} does not fit model {clip.name}: unknown tensors {unknown[:3]}, "
@@ -240,6 +279,8 @@ def load_adapter(clip: LoadedClip, adapter: str | Path) -> LoadedClip:
         with torch.no_grad():
             for name, tensor in tensors.items():
                 state[name].copy_(tensor.to(state[name].dtype))
+            for name, (rows, values) in row_updates.items():
+                state[name][rows] = values.to(state[name].dtype)
     model.eval()
     base = info.get("base_model")
     if base and base != clip.name:
@@ -247,6 +288,18 @@ def load_adapter(clip: LoadedClip, adapter: str | Path) -> LoadedClip:
     return dataclasses.replace(
         clip, model=model, adapter=str(adapter), note=f"{clip.note}; adapter {adapter} ({info['mode']})"
     )
+
+
+def _pop_row_updates(tensors: dict[str, torch.Tensor]) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """Take the (rows, values) pairs of row-wise saved matrices out of a loaded adapter file."""
+    updates = {}
+    for key in [key for key in tensors if key.endswith(ROWS_SUFFIX)]:
+        name = key[: -len(ROWS_SUFFIX)]
+        values_key = name + VALUES_SUFFIX
+        if values_key not in tensors:
+            raise AdapterError(f"adapter file has {key} without {values_key}; save the adapter again")
+        updates[name] = (tensors.pop(key).long(), tensors.pop(values_key))
+    return updates
 
 
 def trained_state_names(model) -> list[str]:

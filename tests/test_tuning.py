@@ -210,3 +210,28 @@ def test_save_adapter_disk_full_keeps_old(tmp_path, monkeypatch):
 
     assert (folder / FULL_WEIGHTS_FILE).read_bytes() == original
     assert sorted(p.name for p in tmp_path.iterdir()) == ["adapter"]
+
+
+def test_full_adapter_saves_changed_embedding_rows(photo_paths, tmp_path):
+    from safetensors.torch import load_file
+
+    from negclip.tuning import sparse_row_reference
+
+    clip = load_clip("tiny-random")
+    reference = sparse_row_reference(clip.model)
+    config = TrainConfig(layers="front", mode="full", learning_rate=1e-2, weight_decay=0.2).resolved()
+    model, layers = _train_one_step(clip, config, _examples(photo_paths[:4]))
+    names = trainable_parameter_names(model, layers, config)
+    trained = encode_texts(clip, ["a dog on a sofa", "a zebra"])
+
+    save_adapter(model, tmp_path / "adapter", {"mode": "full", "parameters": names}, row_reference=reference)
+    saved = load_file(str(tmp_path / "adapter" / FULL_WEIGHTS_FILE))
+    rows = saved["text_model.embeddings.token_embedding.weight.changed_rows"]
+    tokens_seen = {
+        token for e in _examples(photo_paths[:4]) for text in (e.caption, e.presence_negated, e.absence_negated)
+        for token in clip.tokenizer(text)["input_ids"]
+    }
+    assert "text_model.embeddings.token_embedding.weight" not in saved
+    assert set(rows.tolist()) == tokens_seen  # only the rows of tokens in the training captions moved
+    reloaded = load_adapter(load_clip("tiny-random"), tmp_path / "adapter")
+    assert torch.equal(encode_texts(reloaded, ["a dog on a sofa", "a zebra"]), trained)
