@@ -622,3 +622,20 @@ def test_examples_have_licences():
         assert any(item["true"] for item in entry["compare_captions"])
         assert not all(item["true"] for item in entry["compare_captions"])
     assert isinstance(pd.read_csv(datasets.EXAMPLES_MCQ), pd.DataFrame)
+
+
+def test_space_rejects_typed_server_folders(monkeypatch, tmp_path):
+    from negclip.models import ModelLoadError
+    from webapp.models import STORE, resolve_adapter
+
+    monkeypatch.setenv("SPACE_ID", "someone/negclip")
+    monkeypatch.delenv("NEGCLIP_ALLOW_LOCAL_PATHS", raising=False)
+    with pytest.raises(ModelLoadError, match="does not load server folders"):
+        STORE.base(str(tmp_path))
+    with pytest.raises(AdapterError, match="NEGCLIP_ALLOW_LOCAL_PATHS=1"):
+        resolve_adapter("/etc", None)
+    assert resolve_adapter("someone/adapter", None) == "someone/adapter"
+    assert STORE.base("tiny-random").name == "tiny-random"
+
+    monkeypatch.setenv("NEGCLIP_ALLOW_LOCAL_PATHS", "1")
+    assert resolve_adapter(str(tmp_path), None) == str(tmp_path)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import html
 import logging
+import os
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -34,6 +35,31 @@ OFFLINE_MODELS = ("negation-world", "tiny-random")
 STARTUP_ADAPTERS: list[str] = []
 # Loaded models kept in memory. ViT-B/32 has 151 M parameters (about 600 MB in fp32), so six take about 3.6 GB.
 MAX_LOADED_MODELS = 6
+
+
+def local_paths_allowed() -> bool:
+    """Whether visitors may type server folders as models or adapters.
+
+    Allowed by default on a local launch. On a Hugging Face Space (SPACE_ID is set) a visitor could otherwise
+    make the server read any folder, so there it takes NEGCLIP_ALLOW_LOCAL_PATHS=1.
+    """
+    setting = os.environ.get("NEGCLIP_ALLOW_LOCAL_PATHS")
+    if setting is not None:
+        return setting.strip().lower() in {"1", "true", "yes"}
+    return "SPACE_ID" not in os.environ
+
+
+def check_typed_name(name: str, kind: str, allowed: list[str]) -> None:
+    """Reject a typed local folder when local paths are off; names in `allowed`, built-ins and Hub ids pass."""
+    if name in allowed or local_paths_allowed():
+        return
+    looks_like_hub_id = name.count("/") == 1 and not name.startswith((".", "/", "~")) and not Path(name).exists()
+    if not looks_like_hub_id:
+        error = ModelLoadError if kind == "model" else AdapterError
+        raise error(
+            f"{kind} {name!r} is a server folder, and this app does not load server folders; pick a listed "
+            f"{kind} or type a Hugging Face Hub id (set NEGCLIP_ALLOW_LOCAL_PATHS=1 to allow folders)"
+        )
 
 
 def negation_world_available() -> bool:
@@ -79,6 +105,7 @@ class ModelStore:
 
     def base(self, name: str) -> LoadedClip:
         """Return the base model `name`, loading it on first use; raises ModelLoadError with the fix."""
+        check_typed_name(name, "model", model_choices() + [key[0] for key in self._pinned])
         return self._get((name, None), lambda: load_clip(name))
 
     def tuned(self, name: str, adapter: str | Path) -> LoadedClip:
@@ -191,4 +218,5 @@ def resolve_adapter(choice: str | None, session_adapter: str | None) -> str | No
         if not session_adapter:
             raise AdapterError("no adapter has been fine-tuned in this session yet; run Fine-tune first or pick another")
         return session_adapter
+    check_typed_name(choice, "adapter", adapter_choices() + STARTUP_ADAPTERS)
     return choice
