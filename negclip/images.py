@@ -99,10 +99,10 @@ class ImagePreprocessor:
     def _one(self, image: Image.Image) -> torch.Tensor:
         size = self.image_size
         width, height = image.size
-        scale = size / min(width, height)
-        resized = image.resize(
-            (max(size, round(width * scale)), max(size, round(height * scale))), Image.Resampling.BICUBIC
-        )
+        # The long side is truncated, not rounded, as in transformers' CLIPImageProcessor and torchvision's Resize,
+        # so that pixel values equal those of the reference preprocessing.
+        long_side = int(size * max(width, height) / min(width, height))
+        resized = image.resize((size, long_side) if width <= height else (long_side, size), Image.Resampling.BICUBIC)
         left = (resized.width - size) // 2
         top = (resized.height - size) // 2
         cropped = resized.crop((left, top, left + size, top + size))

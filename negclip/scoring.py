@@ -3,15 +3,87 @@
 from __future__ import annotations
 
 import os
+import threading
+import weakref
+from collections import OrderedDict
 from dataclasses import dataclass
 
 import torch
 from PIL import Image
+from torch.optim.optimizer import register_optimizer_step_post_hook
 
 from negclip.encode import ImageFeatureCache, encode_images, encode_texts
 from negclip.models import LoadedClip
+from negclip.packing import can_pack, encode_captions_packed
 
 SHARED_IMAGE_CACHE = ImageFeatureCache(max_entries=512)
+
+
+class TextFeatureCache:
+    """Normalised caption features per model, dropped when the model's weights change or the model is freed.
+
+    Entries belong to the model object, held weakly, and are checked against the storage address and version
+    counter of each parameter and against the number of optimiser steps taken in this process. In-place updates
+    such as copy_ and load_state_dict advance the version counter. Fused AdamW does not (PyTorch 2.13), which the
+    step count covers.
+    """
+
+    def __init__(self, max_entries: int = 4096):
+        self.max_entries = max_entries  # per model
+        self._models: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+        self._lock = threading.Lock()  # the app scores from several request threads
+        self.hits = 0
+        self.misses = 0
+
+    def encode(self, clip: LoadedClip, captions: list[str]) -> torch.Tensor:
+        """Return (len(captions), projection_dim) normalised features, encoding only the captions not cached."""
+        fingerprint = _weights_fingerprint(clip.model)
+        with self._lock:
+            entry = self._models.get(clip.model)
+            if entry is None or entry[0] != fingerprint:
+                entry = (fingerprint, OrderedDict())
+                self._models[clip.model] = entry
+            features = entry[1]
+            found = {caption: features[caption] for caption in captions if caption in features}
+            for caption in found:
+                features.move_to_end(caption)
+        missing = [caption for caption in dict.fromkeys(captions) if caption not in found]
+        self.hits += len(captions) - len(missing)
+        self.misses += len(missing)
+        if missing:
+            encoded = _encode_captions(clip, missing)
+            found.update(zip(missing, encoded))
+            with self._lock:
+                features.update(zip(missing, encoded))
+                while len(features) > self.max_entries:
+                    features.popitem(last=False)
+        return torch.stack([found[caption] for caption in captions])
+
+
+SHARED_TEXT_CACHE = TextFeatureCache()
+_optimizer_steps = 0
+
+
+def _count_optimizer_step(optimizer, args, kwargs) -> None:
+    global _optimizer_steps
+    _optimizer_steps += 1
+
+
+register_optimizer_step_post_hook(_count_optimizer_step)
+
+
+def _weights_fingerprint(model) -> tuple:
+    # NOTE: an update made through `parameter.data` (an old idiom) bumps no version counter and is not detected.
+    return _optimizer_steps, tuple((parameter.data_ptr(), parameter._version) for parameter in model.parameters())
+
+
+@torch.inference_mode()
+def _encode_captions(clip: LoadedClip, captions: list[str]) -> torch.Tensor:
+    """Encode captions with shared-prefix packing when the attention allows it (negclip.packing), else padded."""
+    if not can_pack(clip.model):
+        return encode_texts(clip, captions)
+    clip.model.eval()
+    return encode_captions_packed(clip.model, clip.tokenizer, captions).cpu()
 
 
 @dataclass
@@ -26,10 +98,15 @@ def score_captions(
     image: str | os.PathLike | Image.Image,
     captions: list[str],
     cache: ImageFeatureCache | None = SHARED_IMAGE_CACHE,
+    text_cache: TextFeatureCache | None = SHARED_TEXT_CACHE,
 ) -> CaptionScores:
-    """Score captions against one photo; the photo's features are cached per model and pixel hash."""
+    """Score captions against one photo.
+
+    The photo's features are cached per model and photo, and the captions' per model and weights, so trying
+    another photo against the same captions runs only the image tower. Pass None to compute either afresh.
+    """
     image_embeds = encode_images(clip, [image], cache=cache)[0]
-    text_embeds = encode_texts(clip, captions)
+    text_embeds = text_cache.encode(clip, captions) if text_cache is not None else _encode_captions(clip, captions)
     cosine = text_embeds @ image_embeds
     scale = clip.model.logit_scale.detach().exp().float().cpu()
     probability = torch.softmax(scale * cosine, dim=0)
