@@ -234,6 +234,7 @@ def train(
     config.validate()
     output_dir = Path(config.output_dir)
     distributed.setup()
+    distributed.check_batch_size(config.batch_size)
     rank = distributed.rank()
     if distributed.is_main_process():
         output_dir.mkdir(parents=True, exist_ok=True)
@@ -266,9 +267,12 @@ def train(
     # Image features: computed once per image for the whole run, reused by both objectives in every epoch.
     images = sorted({example.image for example in train_examples})
     image_index = {image: index for index, image in enumerate(images)}
-    image_embeds = encode_images(clip, images, progress=rank == 0).to(device)
+    # Under torchrun each process encodes its share of the photos and receives the others'.
+    image_embeds = distributed.map_shards(images, lambda share: encode_images(clip, share, progress=rank == 0))
+    image_embeds = image_embeds.to(device)
 
     model = prepare_for_training(clip.model, layers, config)
+    distributed.broadcast_trainable(model)
     trainable, total = count_parameters(model)
     logger.info("training %s of %s parameters (%s mode, text layers %s)", f"{trainable:,}", f"{total:,}", config.mode, layers)
     model.train()
@@ -349,7 +353,7 @@ def train(
             if step % config.save_every == 0 and distributed.is_main_process():
                 _save_checkpoint(checkpoint_path, model, optimizer, scheduler, step, history, config)
                 last_good_step = step
-            if should_stop is not None and should_stop():
+            if should_stop is not None and distributed.any_process(should_stop()):
                 stopped_early = True
                 logger.info("stop requested at step %d; saving", step)
                 break
