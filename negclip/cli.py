@@ -17,6 +17,16 @@ logger = logging.getLogger("negclip")
 MODEL_HELP = f"Hugging Face Hub id (default {DEFAULT_MODEL}), a local model folder, or one of: {', '.join(BUILTIN_MODELS)}"
 
 
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
 def _bool(text: str) -> bool:
     lowered = text.strip().lower()
     if lowered in {"1", "true", "yes", "on"}:
@@ -43,7 +53,7 @@ def add_negations_parser(subparsers) -> None:
                         "and the captions when --captions is not given")
     parser.add_argument("--image-root", required=True, help="folder that contains the images")
     parser.add_argument("--out", required=True, help="JSONL file to write")
-    parser.add_argument("--captions-per-image", type=int, default=None, help="use at most N captions of each image (default: all)")
+    parser.add_argument("--captions-per-image", type=_positive_int, default=None, help="use at most N captions of each image (default: all)")
     parser.add_argument("--seed", type=int, default=0, help="seed for choosing objects and phrasings")
     parser.set_defaults(func=run_negations)
 
@@ -142,7 +152,7 @@ def add_evaluate_parser(subparsers) -> None:
                         help="benchmark to run; repeat for several")
     parser.add_argument("--image-root", help="folder to resolve image paths against")
     parser.add_argument("--json", help="write the results as JSON to this file")
-    parser.add_argument("--limit", type=int, help="use only the first N items of each benchmark")
+    parser.add_argument("--limit", type=_positive_int, help="use only the first N items of each benchmark")
     parser.add_argument("--device", default="auto", help="cpu, cuda or auto")
     for benchmark in BENCHMARKS.values():
         if benchmark.add_arguments is not None:
@@ -247,6 +257,15 @@ def _import_optional(module_name: str):
         return None
 
 
+def _describe(error: Exception) -> str:
+    """Turn an exception into one line for the terminal; OS errors read as "<what>: <file>"."""
+    if isinstance(error, FileNotFoundError) and error.filename and not str(error).startswith(("no ", "image")):
+        return f"file not found: {error.filename}; check the path"
+    if isinstance(error, json.JSONDecodeError):
+        return f"invalid JSON ({error.msg} at line {error.lineno}, column {error.colno}); check the --config file"
+    return str(error)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -260,7 +279,7 @@ def main(argv: list[str] | None = None) -> int:
     except USER_ERRORS as error:
         if args.verbose:
             raise
-        print(f"error: {error}", file=sys.stderr)
+        print(f"error: {_describe(error)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted; a checkpoint was saved where training was running (resume with --resume)", file=sys.stderr)

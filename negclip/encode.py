@@ -39,8 +39,9 @@ def tokenize(tokenizer, captions: list[str], max_length: int = MAX_TEXT_LENGTH) 
     """
     for index, caption in enumerate(captions):
         if not isinstance(caption, str) or not caption.strip():
-            raise EmptyCaptionError(f"caption {index} is empty: {caption!r}; give every caption some text")
-    full = tokenizer(list(captions), add_special_tokens=True)["input_ids"]
+            raise EmptyCaptionError(f"caption {index + 1} of {len(captions)} is empty: {caption!r}; give every caption some text")
+    # verbose=False: counting the untruncated lengths would otherwise log a warning about sequences over 77.
+    full = tokenizer(list(captions), add_special_tokens=True, verbose=False)["input_ids"]
     truncated = sum(len(ids) > max_length for ids in full)
     if truncated:
         logger.info("%d of %d captions were longer than %d tokens and were truncated", truncated, len(captions), max_length)

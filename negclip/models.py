@@ -206,8 +206,10 @@ def load_clip(
         clip = _load_folder(folder, name, f"local model folder {folder}", attn_implementation)
     elif Path(name).expanduser().exists():
         raise ModelLoadError(f"model path {name} is a file; pass the folder that holds config.json")
-    elif name.count("/") == 1 and not name.startswith((".", "/", "~")):
+    elif name.count("/") == 1 and not name.startswith((".", "/", "~")) and not Path(name).parent.is_dir():
         clip = _load_hub(name, attn_implementation)
+    elif Path(name).parent.is_dir() and name.count("/") >= 1:
+        raise ModelLoadError(f"model folder not found: {name}; pass a folder written by CLIPModel.save_pretrained")
     else:
         raise ModelLoadError(
             f"model {name!r} is neither a folder nor a Hugging Face Hub id (owner/name); "

@@ -120,6 +120,11 @@ def build_negation_file(
     else:
         raise ValueError("give --captions (COCO captions JSON) or --negbench-csv (NegBench retrieval CSV)")
     result = build_negations(records, seed=seed, captions_per_image=captions_per_image)
+    if not result.examples:
+        raise ValueError(
+            f"no negation examples could be built ({result.summary()}); object labels come from --instances "
+            "(COCO instances JSON) or --negbench-csv (NegBench retrieval CSV), so pass one of them"
+        )
     write_jsonl(result.examples, out)
     images = len({example.image for example in result.examples})
     return f"wrote {len(result.examples)} examples over {images} images to {out}; {result.summary()}"

@@ -70,10 +70,12 @@ def select_layers(spec: str, num_layers: int) -> list[int]:
             f"invalid layer selection {spec!r}; use front, middle, back, all, a range like 0-5 or a list like 0,2,4"
         ) from None
     out_of_range = sorted(i for i in indices if not 0 <= i < num_layers)
-    if not indices or out_of_range:
+    if not indices:
+        raise ValueError(f"layer selection {spec!r} names no layers; write ranges low to high, as in 0-5")
+    if out_of_range:
+        shown = ", ".join(str(i) for i in out_of_range[:5]) + (", ..." if len(out_of_range) > 5 else "")
         raise ValueError(
-            f"layer selection {spec!r} names layers {out_of_range or 'none'}, but the text encoder has layers "
-            f"0-{num_layers - 1}"
+            f"layer selection {spec!r} names layers {shown}, but the text encoder has layers 0-{num_layers - 1}"
         )
     return sorted(indices)
 
@@ -223,6 +225,8 @@ def resolve_adapter_path(adapter: str) -> Path:
     if adapter.count("/") == 1 and not adapter.startswith((".", "/", "~")):
         from huggingface_hub import snapshot_download
 
+        if Path(adapter).parent.is_dir():
+            raise AdapterError(f"adapter folder not found: {adapter}; pass the adapter/ folder that `train` wrote")
         try:
             return Path(snapshot_download(adapter))
         except Exception as error:  # huggingface_hub raises many types for offline and missing repos

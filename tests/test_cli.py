@@ -156,3 +156,27 @@ def test_train_reads_negationclip_json(tmp_path, photo_paths):
     assert examples[0].present_object in {"dog", "couch"}
     assert examples[0].presence_negated != examples[0].caption
     assert set(examples[1].objects) == {"person", "horse"}
+
+
+def test_negations_without_labels_fails(tmp_path, coco_neg, capsys):
+    code = main([
+        "negations", "--captions", str(coco_neg / "annotations/captions_val2017.json"),
+        "--image-root", str(coco_neg / "images"), "--out", str(tmp_path / "out.jsonl"),
+    ])
+    assert code == 2
+    assert "--instances" in capsys.readouterr().err
+    assert not (tmp_path / "out.jsonl").exists()
+
+
+def test_evaluate_rejects_zero_limit(capsys):
+    with pytest.raises(SystemExit):
+        main(["evaluate", "--benchmark", "mcq", "--limit", "0"])
+    assert "must be at least 1" in capsys.readouterr().err
+
+
+def test_missing_local_adapter_not_sent_to_hub(tmp_path, capsys, photo_paths, monkeypatch):
+    (tmp_path / "runs").mkdir()
+    monkeypatch.chdir(tmp_path)  # "runs/nothing" also reads as a Hub id owner/name
+    code = main(["score", str(photo_paths[0]), "a dog", "--model", "tiny-random", "--adapter", "runs/nothing"])
+    assert code == 2
+    assert "adapter folder not found" in capsys.readouterr().err

@@ -35,7 +35,7 @@ def test_tokenize_truncates_and_counts(clip):
 
 @pytest.mark.parametrize("caption", ["", "   "])
 def test_tokenize_rejects_empty(clip, caption):
-    with pytest.raises(EmptyCaptionError, match="caption 1 is empty"):
+    with pytest.raises(EmptyCaptionError, match="caption 2 of 2 is empty"):
         tokenize(clip.tokenizer, ["a dog", caption])
 
 
