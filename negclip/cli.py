@@ -122,8 +122,12 @@ def run_train(args) -> int:
     from negclip.evaluate import format_table
     from negclip.train import train
 
+    from negclip import distributed
+
     config = train_config_from_args(args)
     result = train(config, resume=args.resume)
+    if not distributed.is_main_process():
+        return 0  # under torchrun, rank 0 reports and saves
     print(f"trained {result.steps} of {result.total_steps} steps in {result.seconds:.0f} s; adapter: {result.adapter_dir}")
     if result.before and result.after:
         print(format_table({name: {"base": result.before[name], "tuned": result.after[name]} for name in result.before},

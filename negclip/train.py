@@ -30,7 +30,14 @@ from negclip.encode import encode_images, text_features, tokenize
 from negclip.losses import OmniNegLoss
 from negclip.models import load_clip
 from negclip.packing import can_pack, encode_captions_packed
-from negclip.tuning import count_parameters, prepare_for_training, save_adapter, select_layers, trainable_parameter_names
+from negclip.tuning import (
+    count_parameters,
+    prepare_for_training,
+    save_adapter,
+    select_layers,
+    sparse_row_reference,
+    trainable_parameter_names,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -87,12 +94,18 @@ def cosine_schedule(warmup_steps: int, total_steps: int) -> Callable[[int], floa
 
 
 def build_optimizer(model, config: TrainConfig) -> torch.optim.AdamW:
-    """AdamW with weight decay on matrices only; gains, biases, embeddings' norms and logit_scale are not decayed."""
+    """AdamW with weight decay on weight matrices only.
+
+    Gains, biases, logit_scale and the token and position embeddings are not decayed. Without decay, Adam leaves
+    the embedding rows of tokens that never occur in the data exactly as they were, so the adapter stores only
+    the changed rows.
+    """
     decay, no_decay = [], []
     for name, parameter in model.named_parameters():
         if not parameter.requires_grad:
             continue
-        (decay if parameter.ndim >= 2 and "logit_scale" not in name else no_decay).append(parameter)
+        decayed = parameter.ndim >= 2 and "logit_scale" not in name and "embedding" not in name
+        (decay if decayed else no_decay).append(parameter)
     groups = [
         {"params": decay, "weight_decay": config.weight_decay},
         {"params": no_decay, "weight_decay": 0.0},
@@ -187,6 +200,30 @@ def _save_checkpoint(path: Path, model, optimizer, scheduler, step: int, history
     os.replace(temporary, path)
 
 
+# Settings that decide which tensors are trained and which batches are drawn; a resumed run must keep them.
+RESUME_SETTINGS = (
+    "model", "data", "mode", "layers", "train_embeddings", "train_final_layer_norm", "train_text_projection",
+    "train_logit_scale", "lora_rank", "lora_alpha", "batch_size", "seed",
+)
+
+
+def check_resume_settings(path: Path, config: TrainConfig) -> None:
+    """Raise a clear error when there is no checkpoint, or when a setting differs from the interrupted run."""
+    if not path.is_file():
+        raise FileNotFoundError(f"no checkpoint to resume from at {path}; start without --resume")
+    saved = TrainConfig.from_dict(torch.load(path, map_location="cpu", weights_only=True)["config"]).resolved()
+    changed = [
+        f"--{name.replace('_', '-')} is {getattr(config, name)!r} but was {getattr(saved, name)!r}"
+        for name in RESUME_SETTINGS
+        if getattr(config, name) != getattr(saved, name)
+    ]
+    if changed:
+        raise ValueError(
+            f"cannot resume from {path} with other settings: {'; '.join(changed)}. Resume with the interrupted "
+            "run's settings or start a new --output-dir"
+        )
+
+
 def _load_checkpoint(path: Path, model, optimizer, scheduler) -> tuple[int, list[dict]]:
     state = torch.load(path, map_location="cpu", weights_only=True)
     parameters = dict(model.named_parameters())
@@ -240,6 +277,10 @@ def train(
         output_dir.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(config.seed)
     device = distributed.device_for(config.device) if distributed.is_distributed() else resolve_device(config.device)
+    _autocast_context(config.precision, device)  # reject fp16 on the CPU before any slow step
+    checkpoint_path = output_dir / CHECKPOINT_FILE
+    if resume:
+        check_resume_settings(checkpoint_path, config)
 
     # Data: the project's JSONL, or any supported file turned into negation examples.
     from negclip.sources import load_negation_examples
@@ -271,6 +312,7 @@ def train(
     image_embeds = distributed.map_shards(images, lambda share: encode_images(clip, share, progress=rank == 0))
     image_embeds = image_embeds.to(device)
 
+    base_embeddings = sparse_row_reference(clip.model) if config.mode == "full" and config.train_embeddings else {}
     model = prepare_for_training(clip.model, layers, config)
     distributed.broadcast_trainable(model)
     trainable, total = count_parameters(model)
@@ -290,11 +332,8 @@ def train(
     total_steps = config.max_steps or steps_per_epoch * config.epochs
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, cosine_schedule(config.warmup_steps, total_steps))
 
-    checkpoint_path = output_dir / CHECKPOINT_FILE
     step, history = 0, []
     if resume:
-        if not checkpoint_path.is_file():
-            raise FileNotFoundError(f"no checkpoint to resume from at {checkpoint_path}; start without --resume")
         step, history = _load_checkpoint(checkpoint_path, model, optimizer, scheduler)
         logger.info("resumed from step %d of %d", step, total_steps)
 
@@ -402,7 +441,7 @@ def train(
         }
         adapter_dir = output_dir / "adapter"
         card = model_card(config, info, before, result.after)
-        save_adapter(model, adapter_dir, info, model_card=card)
+        save_adapter(model, adapter_dir, info, model_card=card, row_reference=base_embeddings)
         result.adapter_dir = adapter_dir
         (output_dir / "train_config.json").write_text(json.dumps(config.to_dict(), indent=2))
         metrics = {

@@ -162,7 +162,7 @@ def test_train_should_stop(negation_file, tmp_path):
 def test_train_rejects_bad_settings(negation_file, tmp_path):
     with pytest.raises(ValueError, match="mode must be"):
         train(_config(negation_file, tmp_path, mode="half"))
-    with pytest.raises(ValueError, match="layer selection '0-9'"):
+    with pytest.raises(ValueError, match="names layers 4, 5, 6, 7, 8"):
         train(_config(negation_file, tmp_path, layers="0-9"))
 
 
@@ -181,3 +181,9 @@ def test_cosine_schedule_shape():
     assert factor(2) == pytest.approx(1.0)
     assert factor(6) == pytest.approx(0.5)
     assert factor(10) == pytest.approx(0.0)
+
+
+def test_train_resume_with_other_layers(negation_file, tmp_path):
+    train(_config(negation_file, tmp_path, max_steps=1))
+    with pytest.raises(ValueError, match="--layers is '0' but was 'front'"):
+        train(_config(negation_file, tmp_path, layers="0"), resume=True)
