@@ -10,9 +10,11 @@ GRADIO_SERVER_NAME, GRADIO_SERVER_PORT, GRADIO_ROOT_PATH and the other GRADIO_* 
 from __future__ import annotations
 
 import argparse
+import atexit
 import dataclasses
 import logging
 import os
+import signal
 
 import gradio as gr
 
@@ -30,7 +32,7 @@ from webapp.models import (
     load_startup_model,
     model_choices,
 )
-from webapp.session import delete_session, new_session, work_root
+from webapp.session import delete_session, new_session, remove_own_sessions, remove_stale_sessions, work_root
 
 logger = logging.getLogger("app")
 
@@ -85,8 +87,10 @@ def build_demo(startup: StartupModel) -> gr.Blocks:
                 with gr.Row():
                     with gr.Column(scale=2):
                         photo = gr.Image(label="Photo", type="filepath", interactive=False, height=300, elem_id="photo")
+                        # No file_types, because Gradio (6.31) then rejects other files in File.preprocess before
+                        # set_photo runs. set_photo's message names the file and the formats it accepts.
                         photo_file = gr.File(
-                            label="Upload a photo", file_types=["image"], type="filepath", elem_id="photo-upload"
+                            label="Upload a photo (JPEG, PNG or WebP)", type="filepath", elem_id="photo-upload"
                         )
                         gallery = gr.Gallery(
                             [(item.path, item.label) for item in examples], label="Example photos (click one)",
@@ -180,7 +184,9 @@ def build_demo(startup: StartupModel) -> gr.Blocks:
         adapter.change(model_status, picker_inputs, status)
 
         # Compare: the first example photo is loaded with the page, so Compare works at once.
-        photo_file.upload(compare.set_photo, [photo_file, session], [photo, session])
+        photo_file.upload(
+            compare.clear_photo, [session], [photo, scores, compare_summary, scores_plot, session], queue=False
+        ).then(compare.set_photo, [photo_file, session], [photo, session])
 
         def on_example(session_value, event: gr.SelectData):
             return compare.choose_example(event.index, session_value)
@@ -212,6 +218,7 @@ def build_demo(startup: StartupModel) -> gr.Blocks:
         )
 
         # Fine-tune: one run at a time across all sessions; Cancel skips the queue.
+        custom_layers.input(finetune.select_custom_layers, [custom_layers], layers, queue=False)
         upload_button.click(finetune.upload_data, [data_file, images_zip, session], [upload_status, session])
         start_button.click(finetune.request_finetune, [session], None, queue=False).then(
             finetune.run_finetune,
@@ -249,9 +256,27 @@ def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def _stop_on_sigterm(signal_number: int, frame) -> None:
+    """Turn SIGTERM into KeyboardInterrupt, so that Gradio closes the server and atexit handlers run."""
+    logger.info("received SIGTERM, stopping the server")
+    raise KeyboardInterrupt
+
+
+def install_session_cleanup() -> None:
+    """Remove session folders left by stopped servers now, and this server's own ones when it stops.
+
+    Covers a normal exit, Ctrl-C and SIGTERM. A server killed with SIGKILL leaves its folders until the
+    next start.
+    """
+    remove_stale_sessions()
+    atexit.register(remove_own_sessions)
+    signal.signal(signal.SIGTERM, _stop_on_sigterm)
+
+
 def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     args = parse_arguments(argv)
+    install_session_cleanup()
     explore.UMAP_WARMUP.start()
     startup = load_startup_model(STORE, args.model, args.adapter)
     if startup.adapter != NO_ADAPTER:

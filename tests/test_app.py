@@ -568,7 +568,7 @@ def test_run_finetune_cancelled_in_queue(session):
 def test_run_finetune_bad_settings(session):
     with pytest.raises(gr.Error, match="custom layer range is empty"):
         list(finetune.run_finetune(datasets.BUNDLED, **dict(FORM, layers="custom"), model_name=MODEL, session=session))
-    with pytest.raises(gr.Error, match="names layers \\[7\\]"):
+    with pytest.raises(gr.Error, match="names layers \\[?7\\]?"):
         list(finetune.run_finetune(
             datasets.BUNDLED, **dict(FORM, layers="custom", custom_layers="7"), model_name=MODEL, session=session
         ))
@@ -639,3 +639,111 @@ def test_space_rejects_typed_server_folders(monkeypatch, tmp_path):
 
     monkeypatch.setenv("NEGCLIP_ALLOW_LOCAL_PATHS", "1")
     assert resolve_adapter(str(tmp_path), None) == str(tmp_path)
+
+
+# ---------------------------------------------------------------- session cleanup, upload names, layers
+
+
+def test_session_cleanup_keeps_other_folders(tmp_path, monkeypatch):
+    from webapp import session as session_module
+
+    own = Session().folder
+    stale = Session().folder
+    (stale / session_module.SESSION_MARKER).write_text("999999999")  # no such process
+    unrelated = session_module.work_root() / "world-split"
+    unrelated.mkdir()
+    assert session_module.remove_stale_sessions() == 1
+    assert not stale.exists()
+    assert own.exists()
+    assert unrelated.exists()
+    assert session_module.remove_own_sessions() == 1
+    assert not own.exists()
+    assert unrelated.exists()
+
+
+def test_main_installs_session_cleanup(monkeypatch):
+    import atexit
+    import signal
+
+    registered = []
+    monkeypatch.setattr(atexit, "register", registered.append)
+    previous = signal.getsignal(signal.SIGTERM)
+    try:
+        app.install_session_cleanup()
+        assert signal.getsignal(signal.SIGTERM) is app._stop_on_sigterm
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    assert registered == [app.remove_own_sessions]
+    with pytest.raises(KeyboardInterrupt):
+        app._stop_on_sigterm(signal.SIGTERM, None)
+
+
+def test_set_photo_names_uploaded_file(tmp_path, photo_paths):
+    upload = tmp_path / "gradio" / "e53e0123" / "fake.jpg"
+    upload.parent.mkdir(parents=True)
+    upload.write_text("plain text")
+    session = Session(photo=str(photo_paths[0]))
+    with pytest.raises(gr.Error) as raised:
+        compare.set_photo(str(upload), session)
+    assert "not an image file: fake.jpg;" in raised.value.message
+    assert str(tmp_path) not in raised.value.message
+    assert session.photo is None
+
+
+def test_rejected_photo_clears_results(tmp_path, photo_paths):
+    session = Session(photo=str(photo_paths[0]))
+    notes = tmp_path / "notes.txt"
+    notes.write_text("plain text")
+    preview, table, summary, figure, session = compare.clear_photo(session)
+    assert (preview, table, summary, figure) == (None, None, "", None)
+    with pytest.raises(gr.Error) as raised:
+        compare.set_photo(str(notes), session)
+    assert "not an image file: notes.txt" in raised.value.message
+    with pytest.raises(gr.Error, match="no photo given"):
+        compare.compare(session, "A dog.\nNo dog.", [], MODEL, NO_ADAPTER)
+
+
+def test_photo_upload_accepts_any_file_type():
+    demo = app.build_demo(load_startup_model(ModelStore(), MODEL))
+    uploads = [block for block in demo.blocks.values() if getattr(block, "elem_id", None) == "photo-upload"]
+    assert len(uploads) == 1
+    assert uploads[0].file_types is None
+
+
+def test_upload_data_names_uploaded_files(tmp_path, negation_zip):
+    broken = tmp_path / "gradio" / "ab12" / "upbroken.jsonl"
+    broken.parent.mkdir(parents=True)
+    broken.write_text('{"image": "000000177015.jpg"\n')
+    session = Session()
+    with pytest.raises(gr.Error) as raised:
+        finetune.upload_data(str(broken), str(negation_zip), session)
+    message = raised.value.message
+    assert "upbroken.jsonl" in message
+    assert str(tmp_path) not in message
+    assert str(session.folder) not in message
+
+
+def test_run_finetune_range_error_logs_one_line(session, caplog):
+    caplog.set_level("WARNING", logger="webapp.finetune")
+    form = dict(FORM, layers="custom", custom_layers="0-99")
+    with pytest.raises(gr.Error):
+        list(finetune.run_finetune(datasets.BUNDLED, **form, model_name=MODEL, session=session))
+    records = [record for record in caplog.records if record.name == "webapp.finetune"]
+    assert len(records) == 1
+    assert records[0].exc_info is None
+    assert "Traceback" not in caplog.text
+
+
+def test_custom_layers_box_selects_custom():
+    assert finetune.select_custom_layers(" 0-2 ") == gr.update(value="custom")
+    assert finetune.select_custom_layers("") == gr.skip()
+    assert finetune.describe_layers("custom", "0-2") == "custom layers 0-2"
+    with pytest.warns(UserWarning, match="Custom layers box \\(0-2\\) is ignored"):
+        assert finetune.describe_layers("front", "0-2") == "front layers"
+
+
+def test_run_finetune_status_names_layers(session):
+    form = dict(FORM, custom_layers="0")
+    with pytest.warns(UserWarning, match="is ignored because"):
+        outputs = list(finetune.run_finetune(datasets.BUNDLED, **form, model_name=MODEL, session=session))
+    assert "steps of tuning front layers" in outputs[-1][0]

@@ -69,9 +69,20 @@ def sync_truth_choices(captions_text: str | None, true_captions: list[str] | Non
     return gr.update(choices=captions, value=still_marked)
 
 
+def clear_photo(session: Session) -> tuple[None, None, str, None, Session]:
+    """Forget the session's photo and clear the photo preview, score table, summary and chart.
+
+    Runs before set_photo checks a new upload, so a rejected upload leaves no photo for Compare to score
+    and no results of the previous photo next to its error message.
+    """
+    session.photo = None
+    return None, None, "", None, session
+
+
 @page_errors
 def set_photo(upload: str | None, session: Session) -> tuple[str, Session]:
     """Check an uploaded photo and make it the session's photo; returns (preview path, session)."""
+    session.photo = None
     session.photo = check_photo(upload)
     logger.info("session %s uploaded a photo", session.id)
     return session.photo, session

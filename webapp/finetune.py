@@ -22,7 +22,7 @@ from negclip.evaluate import lookup
 from negclip.models import LoadedClip
 from negclip.train import TrainResult, train
 from webapp import datasets
-from webapp.errors import page_errors
+from webapp.errors import PAGE_ERRORS, page_errors, warn
 from webapp.inputs import load_upload
 from webapp.models import SESSION_ADAPTER, STORE, adapter_choices
 from webapp.session import Session
@@ -115,6 +115,9 @@ class FinetuneJob:
     def run(self, clip: LoadedClip) -> None:
         try:
             self.result = train(self.config, on_step=self.on_step, should_stop=self.stop.is_set, clip=clip)
+        except PAGE_ERRORS as error:  # invalid settings or data: the page shows the message, the log one line
+            self.error = error
+            logger.warning("fine-tuning job of session %s rejected its settings: %s", self.session_id, error)
         except Exception as error:  # reported to the page by the polling handler
             self.error = error
             logger.warning("fine-tuning job of session %s failed: %s", self.session_id, error, exc_info=True)
@@ -226,6 +229,23 @@ def upload_data(data_file: str | None, images_zip: str | None, session: Session)
     return f"Uploaded {session.upload.describe()}; choose “{datasets.UPLOADED}” to use it.", session
 
 
+def select_custom_layers(custom_layers: str | None) -> dict:
+    """Select "custom" in the layer radio once the Custom layers box has text, so the typed range is used."""
+    if (custom_layers or "").strip():
+        return gr.update(value="custom")
+    return gr.skip()
+
+
+def describe_layers(layers: str, custom_layers: str | None) -> str:
+    """Name the layer setting a run uses, warning when a typed custom range is ignored."""
+    typed = (custom_layers or "").strip()
+    if layers == "custom":
+        return f"custom layers {typed}"
+    if typed:
+        warn(f"the Custom layers box ({typed}) is ignored because “{layers}” is selected; select custom to use it")
+    return f"{layers} layers"
+
+
 def request_finetune(session: Session) -> None:
     JOBS.request(session.id)
 
@@ -234,14 +254,17 @@ def cancel_finetune(session: Session) -> str:
     return JOBS.cancel(session.id)
 
 
-def _progress_text(job: FinetuneJob) -> str:
+def _progress_text(job: FinetuneJob, layer_text: str) -> str:
     if not job.records:
-        return "Preparing: reading the data, encoding the images once and measuring the model before tuning."
+        return (
+            f"Preparing to tune {layer_text}: reading the data, encoding the images once and measuring the model "
+            "before tuning."
+        )
     record = job.records[-1]
     elapsed = time.perf_counter() - job.started
     return (
         f"Step {job.step} of {job.total_steps}: loss {record['loss']:.4f} (presence {record['presence_loss']:.4f}, "
-        f"absence {record['absence_loss']:.4f}), {elapsed:.0f} s so far."
+        f"absence {record['absence_loss']:.4f}), {elapsed:.0f} s so far, tuning {layer_text}."
     )
 
 
@@ -278,6 +301,7 @@ def run_finetune(
         learning_rate=learning_rate, lambda_abs=lambda_abs, lambda_orig=lambda_orig, lambda_text=lambda_text,
         margin=margin, seed=seed,
     )
+    layer_text = describe_layers(layers, custom_layers)
     job = JOBS.start(session.id, config, base)
     if job is None:
         yield "Cancelled before it started.", gr.skip(), gr.skip(), gr.skip(), gr.skip(), session
@@ -289,7 +313,7 @@ def run_finetune(
                 progress((job.step, job.total_steps), desc="fine-tuning", unit="steps")
             else:
                 progress(None, desc="preparing")
-            yield _progress_text(job), loss_curve_figure(job.records), gr.skip(), gr.skip(), gr.skip(), session
+            yield _progress_text(job, layer_text), loss_curve_figure(job.records), gr.skip(), gr.skip(), gr.skip(), session
     finally:
         # The page was closed or the event was cancelled, so no one will see the result: stop the thread.
         if not job.done.is_set():
@@ -303,7 +327,8 @@ def run_finetune(
     STORE.forget_adapter(session.adapter_dir)
     stopped = " (stopped early by Cancel)" if result.stopped_early else ""
     status = (
-        f"Finished {result.steps} of {result.total_steps} steps in {result.seconds:.0f} s{stopped}. The adapter is "
+        f"Finished {result.steps} of {result.total_steps} steps of tuning {layer_text} in {result.seconds:.0f} s"
+        f"{stopped}. The adapter is "
         f"now “{SESSION_ADAPTER}” in the adapter picker, used by Compare, Embedding map, Layer analysis and Evaluate."
     )
     picker = gr.update(choices=adapter_choices(has_session_adapter=True), value=SESSION_ADAPTER)

@@ -12,9 +12,9 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-from negclip.data import LoadedDataset, load_dataset_file
+from negclip.data import DataFormatError, LoadedDataset, MissingImagesError, load_dataset_file
 from negclip.encode import tokenize
-from negclip.images import load_image
+from negclip.images import ImageLoadError, load_image
 from negclip.models import MAX_TEXT_LENGTH
 
 MAX_CAPTIONS = 24
@@ -75,11 +75,25 @@ def parse_captions(text: str | None, tokenizer=None, max_captions: int = MAX_CAP
     return CaptionList(captions, notes)
 
 
+def _replace_server_paths(message: str, shown_names: dict[str, str]) -> str:
+    """Replace each server path in `message` with the name the user knows it by; longest paths first."""
+    for server_path in sorted(shown_names, key=len, reverse=True):
+        message = message.replace(server_path, shown_names[server_path])
+    return message
+
+
 def check_photo(path: str | None) -> str:
-    """Return the path of an uploaded photo after decoding it once; raises InputError or ImageLoadError."""
+    """Return the path of an uploaded photo after decoding it once.
+
+    Raises InputError, or ImageLoadError whose message names the file by its own name, not the server path
+    that Gradio stored it under.
+    """
     if not path:
         raise InputError("no photo given; upload a photo or click one of the example photos")
-    load_image(path)
+    try:
+        load_image(path)
+    except ImageLoadError as error:
+        raise ImageLoadError(_replace_server_paths(str(error), {str(path): Path(path).name})) from error
     return str(path)
 
 
@@ -172,11 +186,23 @@ def load_upload(data_file: str | None, images_zip: str | None, folder: str | Pat
     """Copy an uploaded data file and zip of images into `folder` and read them once to check them.
 
     The data file may also come inside the zip. Image paths in the data are resolved against the zip's
-    contents. Raises InputError, DataFormatError or MissingImagesError with the fix.
+    contents. Raises InputError with the fix, naming files by their uploaded names and their paths inside
+    the zip, never by their server paths.
     """
     if not data_file and not images_zip:
         raise InputError("no files uploaded; upload a .jsonl or .csv data file and a .zip of its images")
     folder = Path(folder)
+    shown_names = {str(folder / "images") + "/": "", str(folder) + "/": "", str(folder): "the upload"}
+    for upload in (data_file, images_zip):
+        if upload:
+            shown_names[str(upload)] = Path(upload).name
+    try:
+        return _load_upload(data_file, images_zip, folder)
+    except (DataFormatError, MissingImagesError, ImageLoadError, InputError) as error:
+        raise InputError(_replace_server_paths(str(error), shown_names)) from error
+
+
+def _load_upload(data_file: str | None, images_zip: str | None, folder: Path) -> UploadedData:
     if folder.exists():
         shutil.rmtree(folder)
     folder.mkdir(parents=True)
