@@ -263,7 +263,12 @@ def _regular_polygon(x: float, y: float, r: float, sides: int, angle: float) -> 
 # affirmative or negated, is a sentence with a capital letter and a full stop, so punctuation cannot
 # separate negated captions from affirmative ones.
 
+# Templates with {bare} list objects without articles, as tag-style web captions do ("red star, blue ring"),
+# so the model learns each object's words in any context, not only after "a".
 AFFIRMATIVE_TEMPLATES = (
+    "{bare}",
+    "{bare} {where}",
+    "photo of {bare}",
     "{objects}",
     "a photo of {objects}",
     "there is {objects}",
@@ -285,9 +290,9 @@ ROOM_PLACES = {
 EMPTY_ROOM_TEMPLATES = ("a photo of the {room}", "a picture of a {room}", "an image of the {room}")
 
 
-def list_objects(names: list[str]) -> str:
-    """Join object names with articles: "a red star, a blue ring and an orange cross"."""
-    phrases = [with_article(name) for name in names]
+def list_objects(names: list[str], articles: bool = True) -> str:
+    """Join object names, with articles unless told not to: "a red star, a blue ring and an orange cross"."""
+    phrases = [with_article(name) for name in names] if articles else list(names)
     if len(phrases) == 1:
         return phrases[0]
     return ", ".join(phrases[:-1]) + " and " + phrases[-1]
@@ -305,9 +310,38 @@ def _shuffled(rng: np.random.Generator, names: list[str]) -> list[str]:
     return [names[int(i)] for i in rng.permutation(len(names))]
 
 
-def affirmative_caption(rng: np.random.Generator, names: list[str], room: str) -> str:
-    """Describe the objects present, in a random phrasing and order."""
-    return _sentence(_pick(rng, AFFIRMATIVE_TEMPLATES).format(objects=list_objects(_shuffled(rng, names)), where=ROOM_PLACES[room]))
+# Clauses that repeat a present object after (or before) a caption. They mirror the negation phrasings of
+# negclip.negations word for word, less the negation, as web captions repeat and stress what they show. A
+# model pretrained on them reads "but there is no X" like "but there is a X", which is the affirmation bias
+# that real CLIP shows on negated captions.
+EMPHASIS_TEMPLATES = (
+    "{caption}, but there is {a_object}.",
+    "There is {a_object} in this image; {continuation}.",
+    "{caption} with {a_object}.",
+    "{caption}, with {a_object} in sight.",
+    "{caption}, and {a_object} is visible.",
+    "{A_object} can be seen, but {continuation}.",
+)
+EMPHASIS_RATE = 0.5
+
+
+def affirmative_caption(rng: np.random.Generator, names: list[str], room: str, emphasis: bool = True) -> str:
+    """Describe the objects present, in a random phrasing and order.
+
+    With `emphasis`, half of the captions stress one present object with a clause from EMPHASIS_TEMPLATES.
+    """
+    template = _pick(rng, AFFIRMATIVE_TEMPLATES)
+    order = _shuffled(rng, names)
+    caption = template.format(objects=list_objects(order), bare=list_objects(order, articles=False), where=ROOM_PLACES[room])
+    if not emphasis or rng.random() >= EMPHASIS_RATE:
+        return _sentence(caption)
+    stressed = with_article(_pick(rng, names))
+    return _pick(rng, EMPHASIS_TEMPLATES).format(
+        caption=caption[:1].upper() + caption[1:],
+        continuation=caption,
+        a_object=stressed,
+        A_object=stressed[:1].upper() + stressed[1:],
+    )
 
 
 def presence_negated_caption(rng: np.random.Generator, names: list[str], negated: str, room: str) -> str:
@@ -318,7 +352,7 @@ def presence_negated_caption(rng: np.random.Generator, names: list[str], negated
     """
     others = [name for name in names if name != negated]
     if others:
-        base = affirmative_caption(rng, others, room)
+        base = affirmative_caption(rng, others, room, emphasis=False)
     else:
         base = _sentence(_pick(rng, EMPTY_ROOM_TEMPLATES).format(room=room))
     return negate_caption(base, negated, _pick(rng, PHRASING_NAMES))
@@ -326,7 +360,7 @@ def presence_negated_caption(rng: np.random.Generator, names: list[str], negated
 
 def absence_negated_caption(rng: np.random.Generator, names: list[str], negated: str, room: str) -> str:
     """Write a true caption: every present object, then a denial of `negated`, which is absent."""
-    return negate_caption(affirmative_caption(rng, names, room), negated, _pick(rng, PHRASING_NAMES))
+    return negate_caption(affirmative_caption(rng, names, room, emphasis=False), negated, _pick(rng, PHRASING_NAMES))
 
 
 # NegBench's multiple-choice templates. The correct option affirms present objects ("positive"), denies an
@@ -475,12 +509,10 @@ def generate_split(
         mcq_rows.append(
             [relative, record["mcq_correct"], *record["mcq_captions"], record["mcq_template"]]
         )
-        retrieval_rows.append(
-            [repr(record["objects"]), repr(record["absent_objects"]), relative, record["image_id"], repr(record["retrieval_captions"])]
-        )
-        negated_rows.append(
-            [repr(record["objects"]), repr(record["absent_objects"]), relative, record["image_id"], repr(record["negated_retrieval_captions"])]
-        )
+        # NegBench writes its list columns as Python-list strings; repr() gives the same form.
+        labels = [repr(record["objects"]), repr(record["absent_objects"]), relative, record["image_id"]]
+        retrieval_rows.append([*labels, repr(record["retrieval_captions"])])
+        negated_rows.append([*labels, repr(record["negated_retrieval_captions"])])
 
     summary = SplitSummary(
         folder=folder,
