@@ -291,7 +291,7 @@ EMPTY_ROOM_TEMPLATES = ("a photo of the {room}", "a picture of a {room}", "an im
 
 
 def list_objects(names: list[str], articles: bool = True) -> str:
-    """Join object names, with articles unless told not to: "a red star, a blue ring and an orange cross"."""
+    """Join object names, with articles when `articles` is set: "a red star, a blue ring and an orange cross"."""
     phrases = [with_article(name) for name in names] if articles else list(names)
     if len(phrases) == 1:
         return phrases[0]
@@ -332,7 +332,9 @@ def affirmative_caption(rng: np.random.Generator, names: list[str], room: str, e
     """
     template = _pick(rng, AFFIRMATIVE_TEMPLATES)
     order = _shuffled(rng, names)
-    caption = template.format(objects=list_objects(order), bare=list_objects(order, articles=False), where=ROOM_PLACES[room])
+    caption = template.format(
+        objects=list_objects(order), bare=list_objects(order, articles=False), where=ROOM_PLACES[room]
+    )
     if not emphasis or rng.random() >= EMPHASIS_RATE:
         return _sentence(caption)
     stressed = with_article(_pick(rng, names))
