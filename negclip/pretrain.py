@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from tqdm import tqdm
-from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel
+from transformers import CLIPConfig, CLIPModel
 
 from negclip import world
 from negclip.encode import image_features, text_features
@@ -229,12 +229,22 @@ def save_world_model(model: CLIPModel, settings: PretrainConfig, summary: dict) 
     for name in TOKENIZER_FILES:
         source = TOKENIZER_DIR / name
         (out / name).write_bytes(source.read_bytes())
-    CLIPImageProcessor(
-        size={"shortest_edge": settings.image_size},
-        crop_size={"height": settings.image_size, "width": settings.image_size},
-        image_mean=list(CLIP_MEAN),
-        image_std=list(CLIP_STD),
-    ).save_pretrained(out)
+    # Written as plain JSON: constructing CLIPImageProcessor logs a torchvision warning in every command.
+    preprocessor = {
+        "image_processor_type": "CLIPImageProcessor",
+        "do_resize": True,
+        "size": {"shortest_edge": settings.image_size},
+        "resample": 3,
+        "do_center_crop": True,
+        "crop_size": {"height": settings.image_size, "width": settings.image_size},
+        "do_rescale": True,
+        "rescale_factor": 1 / 255,
+        "do_normalize": True,
+        "image_mean": list(CLIP_MEAN),
+        "image_std": list(CLIP_STD),
+        "do_convert_rgb": True,
+    }
+    (out / "preprocessor_config.json").write_text(json.dumps(preprocessor, indent=2) + "\n")
     (out / "pretrain.json").write_text(json.dumps(summary, indent=2) + "\n")
     write_model_card(out, summary)
     return out
