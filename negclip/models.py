@@ -205,7 +205,7 @@ def load_clip(
         folder = Path(name).expanduser()
         clip = _load_folder(folder, name, f"local model folder {folder}", attn_implementation)
     elif Path(name).expanduser().exists():
-        raise ModelLoadError(f"model path {name} is a file; pass the folder that holds config.json")
+        raise ModelLoadError(f"model path {name} is a file; pass the folder that contains config.json")
     elif name.count("/") == 1 and not name.startswith((".", "/", "~")) and not Path(name).parent.is_dir():
         clip = _load_hub(name, attn_implementation)
     elif Path(name).parent.is_dir() and name.count("/") >= 1:

@@ -148,7 +148,7 @@ def step_losses(
     """Compute the total loss for one presence batch and one absence batch.
 
     `image_embeds` contains the cached, normalised features of every image; `presence_images` and `absence_images`
-    index into it. Under torchrun the features are gathered across processes so each InfoNCE sees the global batch.
+    index into it. Under torchrun the features are gathered across processes so each InfoNCE is computed over the global batch.
     """
     device = image_embeds.device
     captions = [e.caption for e in presence] + [e.presence_negated for e in presence]

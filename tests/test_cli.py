@@ -120,8 +120,10 @@ def test_score_command_prints_both(pipeline, capsys, photo_paths):
     ])
     output = capsys.readouterr().out
     assert code == 0
-    assert "base cos" in output and "tuned cos" in output
-    assert "base picks:" in output and "tuned picks:" in output
+    assert "base cos" in output
+    assert "tuned cos" in output
+    assert "base picks:" in output
+    assert "tuned picks:" in output
 
 
 def test_train_missing_data_message(tmp_path, capsys):
