@@ -583,7 +583,8 @@ def _mcq_correct_index(path: PathLike, line: int, row: dict[str, str], caption_c
 # COCO caption and instance JSON
 
 
-def _load_json(path: PathLike) -> Any:
+def read_json(path: PathLike) -> Any:
+    """Parse a JSON file, raising DataFormatError with the line for invalid JSON or non-UTF-8 text."""
     try:
         with open(path, encoding="utf-8-sig") as file:
             return json.load(file)
@@ -656,7 +657,7 @@ def _coco_captions(path: PathLike, data: Any, file_names: dict[str, str]) -> dic
 
 def _coco_instance_labels(path: PathLike) -> dict[str, list[str]]:
     """Map image id to the category names of its instance annotations, in order of first appearance."""
-    data = _load_json(path)
+    data = read_json(path)
     category_names = {}
     for index, category in enumerate(_json_list(path, data, "categories")):
         entry = f"categories[{index}]"
@@ -688,7 +689,7 @@ def read_coco(
     objects. absent_objects come from the CSV's negative_objects. CSV rows match images by image_id or by file name.
     Images that neither source labels keep an empty `objects` list.
     """
-    data = _load_json(captions_json)
+    data = read_json(captions_json)
     return _coco_records(captions_json, data, instances_json, image_root, negbench_retrieval_csv, on_missing)
 
 
@@ -752,7 +753,7 @@ def read_negationclip_json(
     NegationCLIP's generator writes only annotations that received an updated caption. Annotations
     without one are skipped and counted in the log.
     """
-    data = _load_json(path)
+    data = read_json(path)
     return _resolve(_negationclip_items(path, data), image_root, Path(path).parent, on_missing, path)
 
 
@@ -1020,7 +1021,7 @@ def _load_csv_dataset(path: PathLike, image_root: PathLike | None, on_missing: O
 
 
 def _load_json_dataset(path: PathLike, image_root: PathLike | None, on_missing: OnMissing) -> LoadedDataset:
-    data = _load_json(path)
+    data = read_json(path)
     annotations = _json_list(path, data, "annotations")
     if any(isinstance(annotation, dict) and "updated_caption" in annotation for annotation in annotations):
         items = _resolve(_negationclip_items(path, data), image_root, Path(path).parent, on_missing, path)

@@ -95,8 +95,10 @@ class OmniNegLoss(nn.Module):
         self.use_absence = use_absence
 
     def forward(self, presence_batch: dict, absence_batch: dict, logit_scale: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Each batch maps image_embeds, text_embeds and negated_embeds (presence) or absence_embeds (absence)
-        to normalised (B, dim) tensors. Returns the total under "loss" and each part for logging."""
+        """Compute the total loss and its parts, keyed "loss", "presence_loss" and "absence_loss".
+
+        Each batch maps image_embeds, text_embeds and negated_embeds (presence) or absence_embeds (absence)
+        to normalised (B, dim) tensors."""
         zero = logit_scale.new_zeros(())
         presence = (
             self.presence(

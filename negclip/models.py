@@ -68,55 +68,44 @@ def load_tokenizer(folder: str | os.PathLike | None = None) -> CLIPTokenizer:
     return CLIPTokenizer.from_pretrained(str(folder or TOKENIZER_DIR), model_max_length=MAX_TEXT_LENGTH)
 
 
-def tiny_random_config() -> CLIPConfig:
-    """Return the configuration of `tiny-random`: 4 text and 2 vision layers, 32 px images."""
+def _clip_config(text: tuple[int, int, int, int], vision: tuple[int, int, int, int], image_size: int,
+                 patch_size: int, projection_dim: int) -> CLIPConfig:
+    """Build a CLIPConfig for the bundled tokenizer; `text` and `vision` are (width, MLP width, layers, heads)."""
+    text_width, text_mlp, text_layers, text_heads = text
+    vision_width, vision_mlp, vision_layers, vision_heads = vision
     return CLIPConfig(
         text_config=dict(
             vocab_size=VOCAB_SIZE,
-            hidden_size=64,
-            intermediate_size=128,
-            num_hidden_layers=4,
-            num_attention_heads=4,
+            hidden_size=text_width,
+            intermediate_size=text_mlp,
+            num_hidden_layers=text_layers,
+            num_attention_heads=text_heads,
             max_position_embeddings=MAX_TEXT_LENGTH,
             bos_token_id=BOS_TOKEN_ID,
             eos_token_id=EOS_TOKEN_ID,
             pad_token_id=EOS_TOKEN_ID,
         ),
         vision_config=dict(
-            hidden_size=64,
-            intermediate_size=128,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            image_size=32,
-            patch_size=8,
+            hidden_size=vision_width,
+            intermediate_size=vision_mlp,
+            num_hidden_layers=vision_layers,
+            num_attention_heads=vision_heads,
+            image_size=image_size,
+            patch_size=patch_size,
         ),
-        projection_dim=32,
+        projection_dim=projection_dim,
     )
+
+
+def tiny_random_config() -> CLIPConfig:
+    """Return the configuration of `tiny-random`: 4 text and 2 vision layers, 32 px images."""
+    return _clip_config(text=(64, 128, 4, 4), vision=(64, 128, 2, 4), image_size=32, patch_size=8, projection_dim=32)
 
 
 def vit_b32_config() -> CLIPConfig:
     """Return the configuration of openai/clip-vit-base-patch32 (12+12 layers, 224 px, 512-d embeddings)."""
-    return CLIPConfig(
-        text_config=dict(
-            vocab_size=VOCAB_SIZE,
-            hidden_size=512,
-            intermediate_size=2048,
-            num_hidden_layers=12,
-            num_attention_heads=8,
-            max_position_embeddings=MAX_TEXT_LENGTH,
-            bos_token_id=BOS_TOKEN_ID,
-            eos_token_id=EOS_TOKEN_ID,
-            pad_token_id=EOS_TOKEN_ID,
-        ),
-        vision_config=dict(
-            hidden_size=768,
-            intermediate_size=3072,
-            num_hidden_layers=12,
-            num_attention_heads=12,
-            image_size=224,
-            patch_size=32,
-        ),
-        projection_dim=512,
+    return _clip_config(
+        text=(512, 2048, 12, 8), vision=(768, 3072, 12, 12), image_size=224, patch_size=32, projection_dim=512
     )
 
 

@@ -71,7 +71,7 @@ def negationclip_examples(captions: list[NegationClipCaption], seed: int = 0) ->
     """Pair NegationCLIP's `updated_caption` (true: it negates an absent object) with a presence negation.
 
     NegationCLIP files carry no object labels, so the objects present are the COCO categories that the caption
-    names; captions that name none are skipped and counted in the log.
+    names. Captions that name none are skipped and counted in the log.
     """
     from negclip.negations import COCO_CATEGORIES, PHRASING_NAMES, mentions_object, negate_caption
 

@@ -207,11 +207,13 @@ RESUME_SETTINGS = (
 )
 
 
-def check_resume_settings(path: Path, config: TrainConfig) -> None:
-    """Raise a clear error when there is no checkpoint, or when a setting differs from the interrupted run."""
+def check_resume_settings(path: Path, config: TrainConfig) -> dict:
+    """Load the checkpoint at `path`, raising a clear error when it is missing or when a setting differs from
+    the interrupted run; return its state for _load_checkpoint."""
     if not path.is_file():
         raise FileNotFoundError(f"no checkpoint to resume from at {path}; start without --resume")
-    saved = TrainConfig.from_dict(torch.load(path, map_location="cpu", weights_only=True)["config"]).resolved()
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    saved = TrainConfig.from_dict(state["config"]).resolved()
     changed = [
         f"--{name.replace('_', '-')} is {getattr(config, name)!r} but was {getattr(saved, name)!r}"
         for name in RESUME_SETTINGS
@@ -222,10 +224,10 @@ def check_resume_settings(path: Path, config: TrainConfig) -> None:
             f"cannot resume from {path} with other settings: {'; '.join(changed)}. Resume with the interrupted "
             "run's settings or start a new --output-dir"
         )
+    return state
 
 
-def _load_checkpoint(path: Path, model, optimizer, scheduler) -> tuple[int, list[dict]]:
-    state = torch.load(path, map_location="cpu", weights_only=True)
+def _load_checkpoint(path: Path, state: dict, model, optimizer, scheduler) -> tuple[int, list[dict]]:
     parameters = dict(model.named_parameters())
     with torch.no_grad():
         for name, tensor in state["trainable"].items():
@@ -279,8 +281,7 @@ def train(
     device = distributed.device_for(config.device) if distributed.is_distributed() else resolve_device(config.device)
     _autocast_context(config.precision, device)  # reject fp16 on the CPU before any slow step
     checkpoint_path = output_dir / CHECKPOINT_FILE
-    if resume:
-        check_resume_settings(checkpoint_path, config)
+    resume_state = check_resume_settings(checkpoint_path, config) if resume else None
 
     # Data: the project's JSONL, or any supported file turned into negation examples.
     from negclip.sources import load_negation_examples
@@ -334,7 +335,8 @@ def train(
 
     step, history = 0, []
     if resume:
-        step, history = _load_checkpoint(checkpoint_path, model, optimizer, scheduler)
+        step, history = _load_checkpoint(checkpoint_path, resume_state, model, optimizer, scheduler)
+        resume_state = None  # release the loaded tensors: the model and optimiser hold their own copies
         logger.info("resumed from step %d of %d", step, total_steps)
 
     autocast = _autocast_context(config.precision, device)

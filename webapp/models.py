@@ -38,7 +38,7 @@ MAX_LOADED_MODELS = 6
 
 
 def local_paths_allowed() -> bool:
-    """Whether visitors may type server folders as models or adapters.
+    """Check whether visitors may type server folders as models or adapters.
 
     Allowed by default on a local launch. On a Hugging Face Space (SPACE_ID is set) a visitor could otherwise
     make the server read any folder, so there it takes NEGCLIP_ALLOW_LOCAL_PATHS=1.

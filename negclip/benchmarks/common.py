@@ -9,7 +9,6 @@ skips the few items it cannot score, reports how many and why, and raises once m
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 from collections import Counter
 from collections.abc import Sequence
@@ -21,7 +20,7 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
-from negclip.data import IMAGE_ROOT_FIX, MIN_FOUND_FRACTION, DataFormatError, PathLike, resolve_item_images
+from negclip.data import IMAGE_ROOT_FIX, MIN_FOUND_FRACTION, PathLike, read_json, resolve_item_images
 from negclip.encode import ImageFeatureCache, encode_images, encode_texts
 from negclip.images import ImageLoadError, image_bytes_hash, load_image
 from negclip.models import LoadedClip
@@ -68,17 +67,6 @@ def require_path(args: argparse.Namespace, name: str, benchmark: str, descriptio
         flag = "--" + name.replace("_", "-")
         raise ValueError(f"benchmark {benchmark} needs {flag} PATH ({description})")
     return str(value)
-
-
-def read_json(path: PathLike) -> Any:
-    """Parse a JSON file, raising DataFormatError with the line for invalid JSON or non-UTF-8 text."""
-    try:
-        with open(path, encoding="utf-8-sig") as file:
-            return json.load(file)
-    except json.JSONDecodeError as error:
-        raise DataFormatError(path, f"invalid JSON: {error.msg} (column {error.colno})", line=error.lineno) from error
-    except UnicodeDecodeError as error:
-        raise DataFormatError(path, "not UTF-8 text") from error
 
 
 def first_items(items: list, limit: int | None) -> list:
