@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from PIL import Image
 from tqdm.auto import tqdm
 
+from negclip import inference
 from negclip.images import image_bytes_hash, load_image
 from negclip.models import MAX_TEXT_LENGTH, LoadedClip
 
@@ -131,8 +132,12 @@ def encode_images(
     normalize: bool = True,
     cache: ImageFeatureCache | None = None,
     progress: bool = False,
+    lean: bool = False,
 ) -> torch.Tensor:
     """Embed photos (paths or PIL images), returning (len(images), projection_dim) float32 on the CPU.
+
+    With `lean`, a model that negclip.inference supports runs that module's faster forward pass. It keeps a
+    prepared copy of the image tower's linear weights in memory, so scoring uses it and training does not.
 
     The image tower is never trained here, so with a cache each photo is encoded once per model. Tuned models
     share the base model's image features, because tuning touches only the text encoder.
@@ -156,7 +161,10 @@ def encode_images(
     for start in tqdm(starts, desc="images", disable=not progress or len(starts) < 2):
         chunk = pending_items[start : start + batch_size]
         pixel_values = clip.preprocess([load_image(source) for _, source in chunk]).to(clip.device)
-        features = image_features(clip.model, pixel_values).float().cpu()
+        if lean and inference.supports(clip.model):
+            features = inference.image_features(clip.model, pixel_values).float().cpu()
+        else:
+            features = image_features(clip.model, pixel_values).float().cpu()
         for (key, _), feature in zip(chunk, features):
             found[key] = feature
             if cache is not None:

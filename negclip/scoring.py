@@ -9,12 +9,13 @@ from collections import OrderedDict
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from PIL import Image
-from torch.optim.optimizer import register_optimizer_step_post_hook
 
+from negclip import inference
 from negclip.encode import ImageFeatureCache, encode_images, encode_texts
 from negclip.models import LoadedClip
-from negclip.packing import can_pack, encode_captions_packed
+from negclip.packing import can_pack, encode_captions_packed, pack_token_ids, token_id_lists
 
 SHARED_IMAGE_CACHE = ImageFeatureCache(max_entries=512)
 
@@ -61,20 +62,10 @@ class TextFeatureCache:
 
 
 SHARED_TEXT_CACHE = TextFeatureCache()
-_optimizer_steps = 0
-
-
-def _count_optimizer_step(optimizer, args, kwargs) -> None:
-    global _optimizer_steps
-    _optimizer_steps += 1
-
-
-register_optimizer_step_post_hook(_count_optimizer_step)
 
 
 def _weights_fingerprint(model) -> tuple:
-    # NOTE: an update made through `parameter.data` (an old idiom) bumps no version counter and is not detected.
-    return _optimizer_steps, tuple((parameter.data_ptr(), parameter._version) for parameter in model.parameters())
+    return inference.weights_fingerprint(model.parameters())
 
 
 @torch.inference_mode()
@@ -83,6 +74,9 @@ def _encode_captions(clip: LoadedClip, captions: list[str]) -> torch.Tensor:
     if not can_pack(clip.model):
         return encode_texts(clip, captions)
     clip.model.eval()
+    if inference.supports(clip.model):
+        packed = pack_token_ids(token_id_lists(clip.tokenizer, captions))
+        return F.normalize(inference.packed_text_features(clip.model, packed).float(), dim=-1).cpu()
     return encode_captions_packed(clip.model, clip.tokenizer, captions).cpu()
 
 
@@ -105,7 +99,7 @@ def score_captions(
     The photo's features are cached per model and photo, and the captions' per model and weights, so trying
     another photo against the same captions runs only the image tower. Pass None to compute either afresh.
     """
-    image_embeds = encode_images(clip, [image], cache=cache)[0]
+    image_embeds = encode_images(clip, [image], cache=cache, lean=True)[0]
     text_embeds = text_cache.encode(clip, captions) if text_cache is not None else _encode_captions(clip, captions)
     cosine = text_embeds @ image_embeds
     scale = clip.model.logit_scale.detach().exp().float().cpu()
