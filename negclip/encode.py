@@ -41,15 +41,22 @@ def tokenize(tokenizer, captions: list[str], max_length: int = MAX_TEXT_LENGTH) 
     for index, caption in enumerate(captions):
         if not isinstance(caption, str) or not caption.strip():
             raise EmptyCaptionError(f"caption {index + 1} of {len(captions)} is empty: {caption!r}; give every caption some text")
-    # verbose=False: counting the untruncated lengths would otherwise log a warning about sequences over 77.
+    # verbose=False: the untruncated lengths are counted here, which would otherwise log a warning over 77 tokens.
     full = tokenizer(list(captions), add_special_tokens=True, verbose=False)["input_ids"]
     truncated = sum(len(ids) > max_length for ids in full)
     if truncated:
         logger.info("%d of %d captions were longer than %d tokens and were truncated", truncated, len(captions), max_length)
-    encoded = tokenizer(
-        list(captions), padding="longest", truncation=True, max_length=max_length, return_tensors="pt"
-    )
-    return TokenizedBatch(encoded["input_ids"], encoded["attention_mask"], truncated)
+    # Truncate and pad here instead of tokenizing again: a cut caption keeps its last token (end of text), as the
+    # tokenizer's own truncation does, and padding goes to the right with the tokenizer's padding id.
+    rows = [ids if len(ids) <= max_length else ids[: max_length - 1] + ids[-1:] for ids in full]
+    longest = max((len(ids) for ids in rows), default=0)
+    padding_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    input_ids = torch.full((len(rows), longest), padding_id, dtype=torch.long)
+    attention_mask = torch.zeros((len(rows), longest), dtype=torch.long)
+    for row, ids in enumerate(rows):
+        input_ids[row, : len(ids)] = torch.tensor(ids)
+        attention_mask[row, : len(ids)] = 1
+    return TokenizedBatch(input_ids, attention_mask, truncated)
 
 
 def text_features(model, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
@@ -69,7 +76,8 @@ def encode_texts(
     clip: LoadedClip, captions: list[str], batch_size: int = 256, normalize: bool = True, progress: bool = False
 ) -> torch.Tensor:
     """Embed captions, returning (len(captions), projection_dim) float32 on the CPU."""
-    clip.model.eval()
+    if clip.model.training:
+        clip.model.eval()  # eval() walks every module, which costs milliseconds per call
     chunks = []
     starts = range(0, len(captions), batch_size)
     for start in tqdm(starts, desc="captions", disable=not progress or len(starts) < 2):
@@ -142,7 +150,8 @@ def encode_images(
     The image tower is never trained here, so with a cache each photo is encoded once per model. Tuned models
     share the base model's image features, because tuning touches only the text encoder.
     """
-    clip.model.eval()
+    if clip.model.training:
+        clip.model.eval()  # eval() walks every module, which costs milliseconds per call
     model_key = clip.name  # adapters change only the text side
     keys = [_image_key(source) for source in images]
     found: dict[str, torch.Tensor] = {}

@@ -4,7 +4,9 @@ It computes what transformers' CLIPModel computes, up to float rounding, with le
 
 - every linear layer runs on a copy of its weight prepared once in oneDNN's blocked layout. At ViT-B/32 shapes
   on a 2-core x86 CPU this took 15-20 % off each matrix product of the image tower (torch 2.13);
-- one matrix product for the query, key and value projections of each layer, in place of three;
+- one matrix product for the query, key and value projections of each layer, in place of three, and the MLP's
+  quick_gelu fused into its first product as oneDNN's swish;
+- the patch convolution (stride equal to kernel) as one matrix product over the flattened patches;
 - in the last layer, attention and MLP only for the token that is pooled (the class token of the image, the
   end-of-text token of each caption): every other token's last hidden state is discarded anyway;
 - no attention-mask preparation and no output objects between layers.
@@ -35,7 +37,8 @@ if TYPE_CHECKING:
 
 # Rows per product that oneDNN picks the weight layout for; products with any other row count work as well.
 LAYOUT_ROWS_HINT = 64
-_PREPARED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # encoder -> (fingerprint, [PreparedLayer])
+# encoder -> (fingerprint, [PreparedLayer]); vision embeddings -> (fingerprint, PreparedLinear)
+_PREPARED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 _LOCK = threading.Lock()
 _optimizer_steps = 0
 
@@ -64,9 +67,6 @@ def clip_model(model) -> nn.Module:
     return inner if inner is not None and hasattr(inner, "text_model") else model
 
 
-LINEAR_LAYERS = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.out_proj", "mlp.fc1", "mlp.fc2")
-
-
 def supports(model) -> bool:
     """True for a CLIP in eval mode, in float32 on the CPU, whose layers' linear maps are all plain nn.Linear."""
     if os.environ.get("NEGCLIP_LEAN_SCORING", "1") == "0":
@@ -79,9 +79,15 @@ def supports(model) -> bool:
         return False
     for encoder in (model.vision_model.encoder, model.text_model.encoder):
         for layer in encoder.layers:
-            if any(type(layer.get_submodule(name)) is not nn.Linear for name in LINEAR_LAYERS):
+            if any(type(linear) is not nn.Linear for linear in _linear_maps(layer)):
                 return False
     return True
+
+
+def _linear_maps(layer) -> tuple[nn.Module, ...]:
+    """Return the query, key, value, output, fc1 and fc2 maps of a CLIPEncoderLayer."""
+    attention, mlp = layer.self_attn, layer.mlp
+    return attention.q_proj, attention.k_proj, attention.v_proj, attention.out_proj, mlp.fc1, mlp.fc2
 
 
 @torch.inference_mode()
@@ -89,10 +95,38 @@ def image_features(model, pixel_values: torch.Tensor) -> torch.Tensor:
     """Return projected, unnormalised image features (batch, projection_dim), as CLIPModel.get_image_features."""
     model = clip_model(model)
     vision = model.vision_model
-    hidden = vision.pre_layrnorm(vision.embeddings(pixel_values))
+    hidden = vision.pre_layrnorm(_embed_patches(vision.embeddings, pixel_values))
     class_token = torch.zeros(1, dtype=torch.long, device=hidden.device)
     pooled = _encode(vision.encoder, hidden, mask=None, pooled_rows=None, pooled_columns=class_token)
     return model.visual_projection(vision.post_layernorm(pooled))
+
+
+def _embed_patches(embeddings, pixel_values: torch.Tensor) -> torch.Tensor:
+    """CLIPVisionEmbeddings' output, with the patch convolution (stride = kernel) as one matrix product."""
+    batch, channels, height, width = pixel_values.shape
+    size, patch = embeddings.image_size, embeddings.patch_size
+    if (height, width) != (size, size):
+        raise ValueError(f"pixel_values are {height} x {width}, but the model takes {size} x {size} images")
+    patches = pixel_values.to(torch.float32).reshape(batch, channels, size // patch, patch, size // patch, patch)
+    patches = patches.permute(0, 2, 4, 1, 3, 5).reshape(batch, -1, channels * patch * patch)
+    patch_embeds = _prepared_patch_embedding(embeddings)(patches)
+    class_embeds = embeddings.class_embedding.expand(batch, 1, -1)
+    hidden = torch.cat([class_embeds, patch_embeds], dim=1)
+    return hidden + embeddings.position_embedding(embeddings.position_ids)
+
+
+def _prepared_patch_embedding(embeddings) -> PreparedLinear:
+    convolution = embeddings.patch_embedding
+    fingerprint = weights_fingerprint([tensor for tensor in (convolution.weight, convolution.bias) if tensor is not None])
+    with _LOCK:
+        cached = _PREPARED.get(embeddings)
+        if cached is not None and cached[0] == fingerprint:
+            return cached[1]
+    with torch.no_grad():
+        prepared = _prepare_linear(convolution.weight.reshape(convolution.out_channels, -1), convolution.bias)
+    with _LOCK:
+        _PREPARED[embeddings] = (fingerprint, prepared)
+    return prepared
 
 
 @torch.inference_mode()
@@ -115,12 +149,15 @@ class PreparedLinear:
     weight: torch.Tensor  # oneDNN blocked copy, or the transposed weight (in, out) without oneDNN
     bias: torch.Tensor | None
     onednn: bool
+    activation: str = "none"  # "none", or "swish" (x * sigmoid(x)) applied to the output
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         if self.onednn:
-            return torch.ops.mkldnn._linear_pointwise(x, self.weight, self.bias, "none", [], "")
+            return torch.ops.mkldnn._linear_pointwise(x, self.weight, self.bias, self.activation, [], "")
         out = x @ self.weight
-        return out if self.bias is None else out + self.bias
+        if self.bias is not None:
+            out = out + self.bias
+        return F.silu(out) if self.activation == "swish" else out
 
 
 @dataclass
@@ -141,7 +178,10 @@ class PreparedLayer:
         return projected.view(batch, tokens, 3, self.heads, -1).permute(2, 0, 3, 1, 4).unbind(0)
 
     def mlp(self, hidden: torch.Tensor) -> torch.Tensor:
-        return self.fc2(self.layer.mlp.activation_fn(self.fc1(self.layer.layer_norm2(hidden))))
+        hidden = self.fc1(self.layer.layer_norm2(hidden))
+        if self.fc1.activation == "none":
+            hidden = self.layer.mlp.activation_fn(hidden)
+        return self.fc2(hidden)
 
 
 def _encode(
@@ -172,7 +212,15 @@ def _encode(
 
 def prepared_layers(encoder) -> list[PreparedLayer]:
     """Return the encoder's layers with prepared linear weights, rebuilt only after its weights change."""
-    parameters = [parameter for layer in encoder.layers for parameter in layer.parameters()]
+    # The layer norms run as the layer's own modules and the activations have no weights, so only the linear maps
+    # are fingerprinted.
+    parameters = [
+        tensor
+        for layer in encoder.layers
+        for linear in _linear_maps(layer)
+        for tensor in (linear.weight, linear.bias)
+        if tensor is not None
+    ]
     fingerprint = weights_fingerprint(parameters)
     with _LOCK:
         cached = _PREPARED.get(encoder)
@@ -185,30 +233,47 @@ def prepared_layers(encoder) -> list[PreparedLayer]:
     return layers
 
 
+QUICK_GELU_SCALE = 1.702  # quick_gelu(x) = x * sigmoid(1.702 x), the activation of OpenAI's CLIP
+
+
 def _prepare_layer(layer) -> PreparedLayer:
-    attention = layer.self_attn
+    attention, mlp = layer.self_attn, layer.mlp
     projections = (attention.q_proj, attention.k_proj, attention.v_proj)
     weight = torch.cat([projection.weight for projection in projections])
     biases = [
         projection.bias if projection.bias is not None else projection.weight.new_zeros(projection.out_features)
         for projection in projections
     ]
+    if type(mlp.activation_fn).__name__ == "QuickGELUActivation":
+        # quick_gelu(h) = swish(1.702 h) / 1.702, so fc1 scaled by 1.702 runs with oneDNN's fused swish and fc2
+        # takes the division.
+        scale = QUICK_GELU_SCALE
+        fc1 = _prepare_linear(mlp.fc1.weight * scale, _scaled(mlp.fc1.bias, scale), activation="swish")
+        fc2 = _prepare_linear(mlp.fc2.weight / scale, mlp.fc2.bias)
+    else:
+        fc1 = _prepare_linear(mlp.fc1.weight, mlp.fc1.bias)
+        fc2 = _prepare_linear(mlp.fc2.weight, mlp.fc2.bias)
     return PreparedLayer(
         layer=layer,
         qkv=_prepare_linear(weight, torch.cat(biases)),
         out=_prepare_linear(attention.out_proj.weight, attention.out_proj.bias),
-        fc1=_prepare_linear(layer.mlp.fc1.weight, layer.mlp.fc1.bias),
-        fc2=_prepare_linear(layer.mlp.fc2.weight, layer.mlp.fc2.bias),
+        fc1=fc1,
+        fc2=fc2,
         heads=attention.num_heads,
     )
 
 
-def _prepare_linear(weight: torch.Tensor, bias: torch.Tensor | None) -> PreparedLinear:
+def _scaled(bias: torch.Tensor | None, scale: float) -> torch.Tensor | None:
+    return None if bias is None else bias * scale
+
+
+def _prepare_linear(weight: torch.Tensor, bias: torch.Tensor | None, activation: str = "none") -> PreparedLinear:
     weight = weight.detach()
     bias = None if bias is None else bias.detach().clone()
     if _onednn_usable(weight):
-        return PreparedLinear(torch.ops.mkldnn._reorder_linear_weight(weight.contiguous(), LAYOUT_ROWS_HINT), bias, True)
-    return PreparedLinear(weight.t().contiguous(), bias, False)
+        prepared = torch.ops.mkldnn._reorder_linear_weight(weight.contiguous(), LAYOUT_ROWS_HINT)
+        return PreparedLinear(prepared, bias, True, activation)
+    return PreparedLinear(weight.t().contiguous(), bias, False, activation)
 
 
 def _onednn_usable(weight: torch.Tensor) -> bool:

@@ -73,7 +73,8 @@ def _encode_captions(clip: LoadedClip, captions: list[str]) -> torch.Tensor:
     """Encode captions with shared-prefix packing when the attention allows it (negclip.packing), else padded."""
     if not can_pack(clip.model):
         return encode_texts(clip, captions)
-    clip.model.eval()
+    if clip.model.training:
+        clip.model.eval()  # eval() walks every module, which costs milliseconds per call
     if inference.supports(clip.model):
         packed = pack_token_ids(token_id_lists(clip.tokenizer, captions))
         return F.normalize(inference.packed_text_features(clip.model, packed).float(), dim=-1).cpu()

@@ -33,6 +33,14 @@ def test_tokenize_truncates_and_counts(clip):
     assert batch.input_ids[0, -1].item() == 49407  # the end-of-text token survives truncation
 
 
+def test_tokenize_matches_tokenizer_padding(clip):
+    captions = ["a dog", " ".join(["a red bus"] * 40), "There is no cat in this image; a dog on a sofa."]
+    batch = tokenize(clip.tokenizer, captions)
+    expected = clip.tokenizer(captions, padding="longest", truncation=True, max_length=77, return_tensors="pt")
+    assert torch.equal(batch.input_ids, expected["input_ids"])
+    assert torch.equal(batch.attention_mask, expected["attention_mask"])
+
+
 @pytest.mark.parametrize("caption", ["", "   "])
 def test_tokenize_rejects_empty(clip, caption):
     with pytest.raises(EmptyCaptionError, match="caption 2 of 2 is empty"):

@@ -47,6 +47,45 @@ def test_packed_text_features_match_unpacked_transformers(clip):
     torch.testing.assert_close(lean, reference_text(clip, CAPTIONS), atol=1e-5, rtol=1e-4)
 
 
+def test_features_match_without_onednn(clip, photo_paths, monkeypatch):
+    monkeypatch.setattr(inference, "_onednn_usable", lambda weight: False)
+    inference._PREPARED.clear()
+    pixel_values = clip.preprocess([load_image(photo_paths[0])])
+    with torch.no_grad():
+        expected = image_features(clip.model, pixel_values)
+    torch.testing.assert_close(inference.image_features(clip.model, pixel_values), expected, atol=1e-5, rtol=1e-4)
+    packed = pack_token_ids(token_id_lists(clip.tokenizer, CAPTIONS))
+    torch.testing.assert_close(inference.packed_text_features(clip.model, packed), reference_text(clip, CAPTIONS), atol=1e-5, rtol=1e-4)
+    inference._PREPARED.clear()
+
+
+def test_exact_gelu_model_matches(photo_paths):
+    """A checkpoint with exact GELU in place of quick_gelu runs its own activation between fc1 and fc2."""
+    from transformers import CLIPConfig
+
+    from negclip.models import build_random_clip
+
+    config = CLIPConfig(
+        text_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2, hidden_act="gelu"),
+        vision_config=dict(
+            hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2, image_size=32,
+            patch_size=8, hidden_act="gelu",
+        ),
+        projection_dim=16,
+    )
+    model = build_random_clip(config)
+    pixel_values = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        expected = image_features(model, pixel_values)
+    torch.testing.assert_close(inference.image_features(model, pixel_values), expected, atol=1e-5, rtol=1e-4)
+    assert inference.prepared_layers(model.vision_model.encoder)[0].fc1.activation == "none"
+
+
+def test_wrong_image_size_rejected(clip):
+    with pytest.raises(ValueError, match="takes"):
+        inference.image_features(clip.model, torch.zeros(1, 3, 40, 40))
+
+
 def test_prepared_weights_follow_weight_changes(clip):
     packed = pack_token_ids(token_id_lists(clip.tokenizer, CAPTIONS))
     before = inference.packed_text_features(clip.model, packed)
