@@ -45,10 +45,10 @@ class PretrainConfig:
     """Settings of a world-pretraining run; the defaults made the bundled model."""
 
     output_dir: str = "assets/negation-world/model"
-    steps: int = 1500
+    steps: int = 1000
     batch_size: int = 128
     learning_rate: float = 1e-3
-    warmup_steps: int = 100
+    warmup_steps: int = 60
     weight_decay: float = 0.1
     scenes: int = 30_000  # size of the rendered scene pool; captions are redrawn at every use
     image_size: int = world.DEFAULT_IMAGE_SIZE

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-from negclip.negations import PHRASING_NAMES, negate_caption, with_article
+from negclip.negations import PHRASING_NAMES, negate_caption, noun_forms, with_article
 
 logger = logging.getLogger(__name__)
 
@@ -310,40 +310,55 @@ def _shuffled(rng: np.random.Generator, names: list[str]) -> list[str]:
     return [names[int(i)] for i in rng.permutation(len(names))]
 
 
-# Clauses that repeat a present object after (or before) a caption. They mirror the negation phrasings of
-# negclip.negations word for word, less the negation, as web captions repeat and stress what they show, so
-# that a pretrained model meets the phrasings' other words with a present object.
-# NOTE: they do not make the pretrained model read "but there is no X" like "but there is a X": the bundled
-# model still prefers the true caption over a presence-negated one on about 76 % of test scenes.
+# Clauses that name a present object after (or before) a caption. They mirror the negation phrasings of
+# negclip.negations word for word, less the negation, as web captions stress what they show. Half of the
+# time the clause is the only mention of its object, as the denied object of a presence-negated caption is.
+# A model pretrained only on clauses that repeat listed objects learns to skip them. It then prefers a true
+# caption over a presence-negated one because the negated object sits in a skipped clause, not because it
+# reads "no".
 EMPHASIS_TEMPLATES = (
     "{caption}, but there is {a_object}.",
     "There is {a_object} in this image; {continuation}.",
     "{caption} with {a_object}.",
-    "{caption}, with {a_object} in sight.",
+    "{caption}, with {objects} in sight.",
     "{caption}, and {a_object} is visible.",
     "{A_object} can be seen, but {continuation}.",
 )
 EMPHASIS_RATE = 0.5
+CLAUSE_ONLY_RATE = 0.5  # share of stressed objects named only in the clause
 
 
 def affirmative_caption(rng: np.random.Generator, names: list[str], room: str, emphasis: bool = True) -> str:
     """Describe the objects present, in a random phrasing and order.
 
-    With `emphasis`, half of the captions stress one present object with a clause from EMPHASIS_TEMPLATES.
+    With `emphasis`, half of the captions stress one present object with a clause from EMPHASIS_TEMPLATES,
+    which either repeats a listed object or is the only mention of it.
     """
-    template = _pick(rng, AFFIRMATIVE_TEMPLATES)
-    order = _shuffled(rng, names)
-    caption = template.format(
-        objects=list_objects(order), bare=list_objects(order, articles=False), where=ROOM_PLACES[room]
-    )
     if not emphasis or rng.random() >= EMPHASIS_RATE:
-        return _sentence(caption)
-    stressed = with_article(_pick(rng, names))
+        return _sentence(_list_caption(rng, names, room))
+    stressed = _pick(rng, names)
+    others = [name for name in names if name != stressed]
+    if rng.random() >= CLAUSE_ONLY_RATE:
+        caption = _list_caption(rng, names, room)
+    elif others:
+        caption = _list_caption(rng, others, room)
+    else:
+        caption = _pick(rng, EMPTY_ROOM_TEMPLATES).format(room=room)
+    a_object = with_article(stressed)
     return _pick(rng, EMPHASIS_TEMPLATES).format(
         caption=caption[:1].upper() + caption[1:],
         continuation=caption,
-        a_object=stressed,
-        A_object=stressed[:1].upper() + stressed[1:],
+        a_object=a_object,
+        A_object=a_object[:1].upper() + a_object[1:],
+        objects=noun_forms(stressed).plural,
+    )
+
+
+def _list_caption(rng: np.random.Generator, names: list[str], room: str) -> str:
+    """List the objects in a random template and order, without the final full stop."""
+    order = _shuffled(rng, names)
+    return _pick(rng, AFFIRMATIVE_TEMPLATES).format(
+        objects=list_objects(order), bare=list_objects(order, articles=False), where=ROOM_PLACES[room]
     )
 
 

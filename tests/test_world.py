@@ -69,6 +69,24 @@ def test_affirmative_captions_no_negation():
             assert name in caption.lower(), caption
 
 
+def test_emphasis_clause_sometimes_only_mention():
+    """Pretraining captions mirror presence-negated ones: an object may be named only in the stressing clause."""
+    rng = np.random.default_rng(3)
+    captions = [world.affirmative_caption(rng, ["red circle", "blue star"], "kitchen") for _ in range(400)]
+    once = [caption for caption in captions if caption.lower().count("red circle") == 1]
+    clause_only = [
+        caption
+        for caption in once
+        if re.search(r"(but there is|with|and) an? red circles?\b.*\.$", caption.lower())
+        and "blue star" in caption.lower().split("red circle")[0]
+    ]
+    assert len(clause_only) > 20
+    assert any("red circles in sight" in caption for caption in captions)
+
+    lone = [world.affirmative_caption(rng, ["red circle"], "garage") for _ in range(200)]
+    assert any(caption.startswith(("A photo of the garage", "A picture of a garage", "An image of the garage")) for caption in lone)
+
+
 def test_negated_captions_name_object():
     rng = np.random.default_rng(1)
     names = ["red circle", "orange star"]
@@ -242,4 +260,4 @@ def test_bundled_presence_matches_report(tmp_path):
     tuned_accuracy = evaluate_presence(tuned, examples)["accuracy"]
     assert base_accuracy == pytest.approx(report["base"]["presence_reference"], abs=0.01)
     assert tuned_accuracy == pytest.approx(report["tuned"]["presence_reference"], abs=0.01)
-    assert tuned_accuracy > base_accuracy + 0.10
+    assert tuned_accuracy > base_accuracy + 0.30
