@@ -34,6 +34,8 @@ def load_image(source: str | os.PathLike | BinaryIO | Image.Image, max_pixels: i
     if isinstance(source, Image.Image):
         return _to_rgb(source)
     label = str(source) if isinstance(source, (str, os.PathLike)) else getattr(source, "name", "uploaded file")
+    if isinstance(source, (str, os.PathLike)) and Path(source).is_dir():
+        raise ImageLoadError(f"{label} is a folder, not an image file; pass the path of a photo")
     if isinstance(source, (str, os.PathLike)) and not Path(source).is_file():
         raise ImageLoadError(f"image not found: {label}")
     try:
@@ -84,6 +86,10 @@ def image_bytes_hash(image: Image.Image) -> str:
     return digest.hexdigest()
 
 
+# Above this ratio of resized long side to crop size, only the cropped region is resized.
+MAX_RESIZED_SIDE_FACTOR = 4
+
+
 class ImagePreprocessor:
     """CLIP preprocessing: resize the short side (bicubic), centre-crop, scale to [0, 1], normalise."""
 
@@ -102,10 +108,19 @@ class ImagePreprocessor:
         # The long side is truncated, not rounded, as in transformers' CLIPImageProcessor and torchvision's Resize,
         # so that pixel values equal those of the reference preprocessing.
         long_side = int(size * max(width, height) / min(width, height))
-        resized = image.resize((size, long_side) if width <= height else (long_side, size), Image.Resampling.BICUBIC)
-        left = (resized.width - size) // 2
-        top = (resized.height - size) // 2
-        cropped = resized.crop((left, top, left + size, top + size))
+        resized_width, resized_height = (size, long_side) if width <= height else (long_side, size)
+        left = (resized_width - size) // 2
+        top = (resized_height - size) // 2
+        if long_side <= MAX_RESIZED_SIDE_FACTOR * size:
+            resized = image.resize((resized_width, resized_height), Image.Resampling.BICUBIC)
+            cropped = resized.crop((left, top, left + size, top + size))
+        else:
+            # A long strip (8000 x 1 would resize to 1,792,000 x 224) resizes only the source region that the
+            # crop keeps. PIL's filter still reads the pixels around that region, so pixels stay within one
+            # intensity level of a full resize and crop.
+            scale_x, scale_y = width / resized_width, height / resized_height
+            box = (left * scale_x, top * scale_y, (left + size) * scale_x, (top + size) * scale_y)
+            cropped = image.resize((size, size), Image.Resampling.BICUBIC, box=box)
         pixels = torch.from_numpy(np.asarray(cropped, dtype=np.float32).copy()).permute(2, 0, 1) / 255.0
         return (pixels - self.mean) / self.std
 

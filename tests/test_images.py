@@ -96,3 +96,27 @@ def test_preprocessor_shape_and_normalisation(photo):
 def test_image_hash_follows_pixels(photo):
     assert image_bytes_hash(photo) == image_bytes_hash(photo.copy())
     assert image_bytes_hash(photo) != image_bytes_hash(photo.rotate(180))
+
+
+def test_preprocessor_long_strip_matches_full_resize(photo):
+    """A strip past the resize limit takes the cropped-region path and stays within one intensity level."""
+    preprocess = ImagePreprocessor(image_size=32)
+    strip = photo.resize((600, 20))  # resizes to 960 x 32, over 4 x 32
+    width, height = strip.size
+    long_side = int(32 * width / height)
+    full = strip.resize((long_side, 32), Image.Resampling.BICUBIC)
+    left = (long_side - 32) // 2
+    expected = np.asarray(full.crop((left, 0, left + 32, 32)), dtype=np.float32) / 255.0
+    got = preprocess([strip])[0] * preprocess.std + preprocess.mean  # undo the normalisation
+    assert np.abs(got.permute(1, 2, 0).numpy() - expected).max() <= 1 / 255 + 1e-6
+
+
+def test_preprocessor_thin_strip_small_output():
+    strip = Image.new("RGB", (20_000, 1), (200, 10, 10))
+    pixel_values = ImagePreprocessor(image_size=224)([strip])
+    assert pixel_values.shape == (1, 3, 224, 224)
+
+
+def test_load_image_folder_named(tmp_path):
+    with pytest.raises(ImageLoadError, match="is a folder"):
+        load_image(tmp_path)
