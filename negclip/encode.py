@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 from collections import OrderedDict
@@ -71,13 +72,33 @@ def image_features(model, pixel_values: torch.Tensor) -> torch.Tensor:
     return model.visual_projection(outputs.pooler_output)
 
 
+def in_eval_mode(function):
+    """Run `function(clip, ...)` with clip.model in eval mode, and switch a model that was training back after.
+
+    eval() and train() walk every module, which costs milliseconds for ViT-B/32, so a model already in eval
+    mode is left alone.
+    """
+
+    @functools.wraps(function)
+    def wrapper(clip, *args, **kwargs):
+        training = clip.model.training
+        if training:
+            clip.model.eval()
+        try:
+            return function(clip, *args, **kwargs)
+        finally:
+            if training:
+                clip.model.train()
+
+    return wrapper
+
+
+@in_eval_mode
 @torch.no_grad()
 def encode_texts(
     clip: LoadedClip, captions: list[str], batch_size: int = 256, normalize: bool = True, progress: bool = False
 ) -> torch.Tensor:
     """Embed captions, returning (len(captions), projection_dim) float32 on the CPU."""
-    if clip.model.training:
-        clip.model.eval()  # eval() walks every module, which costs milliseconds per call
     chunks = []
     starts = range(0, len(captions), batch_size)
     for start in tqdm(starts, desc="captions", disable=not progress or len(starts) < 2):
@@ -132,6 +153,7 @@ class ImageFeatureCache:
         return len(self._entries)
 
 
+@in_eval_mode
 @torch.no_grad()
 def encode_images(
     clip: LoadedClip,
@@ -150,9 +172,7 @@ def encode_images(
     The image tower is never trained here, so with a cache each photo is encoded once per model. Tuned models
     share the base model's image features, because tuning touches only the text encoder.
     """
-    if clip.model.training:
-        clip.model.eval()  # eval() walks every module, which costs milliseconds per call
-    model_key = clip.name  # adapters change only the text side
+    model_key = clip.image_cache_key  # adapters change only the text side, so tuned models share their base's
     keys = [_image_key(source) for source in images]
     found: dict[str, torch.Tensor] = {}
     pending: dict[str, object] = {}  # key -> source, each distinct photo once, decoded batch by batch

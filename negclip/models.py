@@ -48,6 +48,29 @@ class LoadedClip:
     name: str
     note: str = ""
     adapter: str | None = None
+    weights_stamp: str = ""  # size and modification time of a folder's weights files, so a rewrite is noticed
+
+    def __post_init__(self) -> None:
+        # Version counters of the image side at creation. A tuned copy of a model shares its base's image
+        # features until an image-side weight changes in place (copy_, load_state_dict, mul_).
+        # NOTE: a weight replaced by a new Parameter object, or changed through `.data`, is not noticed.
+        inner = getattr(getattr(self.model, "base_model", None), "model", None)
+        clip_model = inner if inner is not None and hasattr(inner, "vision_model") else self.model
+        self._image_parameters = list(clip_model.vision_model.parameters()) + list(
+            clip_model.visual_projection.parameters()
+        )
+        self._image_versions = [parameter._version for parameter in self._image_parameters]
+
+    @property
+    def image_cache_key(self) -> str:
+        """Key of this model's image features in ImageFeatureCache, shared by models with the same image side."""
+        changes = tuple(
+            parameter._version - start for parameter, start in zip(self._image_parameters, self._image_versions)
+        )
+        key = f"{self.name}@{self.weights_stamp}" if self.weights_stamp else self.name
+        if any(changes):
+            key += f"#{id(self.model)}:{hash(changes)}"
+        return key
 
     @property
     def device(self) -> torch.device:
@@ -143,9 +166,22 @@ def _load_folder(folder: Path, name: str, note: str, attn_implementation: str) -
             "written by CLIPModel.save_pretrained (config.json and model.safetensors)."
         ) from error
     has_tokenizer = (folder / "vocab.json").is_file() or (folder / "tokenizer.json").is_file()
+    if (folder / "vocab.json").is_file() and not (folder / "tokenizer.json").is_file():
+        missing = [file for file in ("merges.txt",) if not (folder / file).is_file()]
+        if missing:
+            raise ModelLoadError(
+                f"tokenizer file missing in {folder}: {', '.join(missing)}; copy it from the model's original "
+                "folder, or remove vocab.json to use the bundled CLIP tokenizer"
+            )
     tokenizer = load_tokenizer(folder if has_tokenizer else None)
     preprocess = _preprocessor_for_folder(folder, model.config.vision_config.image_size)
-    return LoadedClip(model.float().eval(), tokenizer, preprocess, name=name, note=note)
+    stamps = [
+        f"{path.name}:{path.stat().st_size}:{path.stat().st_mtime_ns}"
+        for path in sorted(folder.glob("*.safetensors")) + sorted(folder.glob("*.bin"))
+    ]
+    return LoadedClip(
+        model.float().eval(), tokenizer, preprocess, name=name, note=note, weights_stamp=",".join(stamps)
+    )
 
 
 def _load_hub(model_id: str, attn_implementation: str) -> LoadedClip:

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from negclip import inference
-from negclip.encode import ImageFeatureCache, encode_images, encode_texts
+from negclip.encode import ImageFeatureCache, encode_images, encode_texts, in_eval_mode
 from negclip.models import LoadedClip
 from negclip.packing import can_pack, encode_captions_packed, pack_token_ids, token_id_lists
 
@@ -72,16 +72,26 @@ def _weights_fingerprint(model) -> tuple:
     if text_model is None or projection is None:
         return inference.weights_fingerprint(model.parameters())
     # Walking only the text side halves the cost, which is milliseconds per call for ViT-B/32.
-    return inference.weights_fingerprint(itertools.chain(text_model.parameters(), projection.parameters()))
+    fingerprint = inference.weights_fingerprint(itertools.chain(text_model.parameters(), projection.parameters()))
+    if hasattr(model, "peft_config"):
+        # peft's disable_adapter() and set_adapter() switch unmerged LoRA layers without touching any weight.
+        from peft.tuners.tuners_utils import BaseTunerLayer
+
+        switches = tuple(
+            (module.disable_adapters, tuple(module.active_adapters))
+            for module in text_model.modules()
+            if isinstance(module, BaseTunerLayer)
+        )
+        fingerprint += (switches,)
+    return fingerprint
 
 
+@in_eval_mode
 @torch.inference_mode()
 def _encode_captions(clip: LoadedClip, captions: list[str]) -> torch.Tensor:
     """Encode captions with shared-prefix packing when the attention allows it (negclip.packing), else padded."""
     if not can_pack(clip.model):
         return encode_texts(clip, captions)
-    if clip.model.training:
-        clip.model.eval()  # eval() walks every module, which costs milliseconds per call
     if inference.supports(clip.model):
         packed = pack_token_ids(token_id_lists(clip.tokenizer, captions))
         return F.normalize(inference.packed_text_features(clip.model, packed).float(), dim=-1).cpu()

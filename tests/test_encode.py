@@ -97,3 +97,12 @@ def test_load_clip_folder_round_trip(clip, tmp_path, photo_paths):
     loaded = load_clip(str(tmp_path / "model"))
     assert torch.allclose(encode_texts(loaded, ["a dog"]), encode_texts(clip, ["a dog"]), atol=1e-6)
     assert torch.allclose(encode_images(loaded, photo_paths[:1]), encode_images(clip, photo_paths[:1]), atol=1e-6)
+
+
+def test_load_clip_folder_missing_merges_named(clip, tmp_path):
+    from negclip.models import TOKENIZER_DIR
+
+    clip.model.save_pretrained(tmp_path / "model")
+    (tmp_path / "model" / "vocab.json").write_bytes((TOKENIZER_DIR / "vocab.json").read_bytes())  # no merges.txt
+    with pytest.raises(ModelLoadError, match="merges.txt"):
+        load_clip(str(tmp_path / "model"))

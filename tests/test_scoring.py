@@ -104,3 +104,62 @@ def test_preprocessing_matches_clip_image_processor(photo_paths):
         expected = reference(images=image, return_tensors="pt")["pixel_values"]
         torch.testing.assert_close(preprocess([image]), expected, atol=1e-6, rtol=0, msg=lambda m: f"{path.name}: {m}")
     assert (640, 480) in sizes  # rounding 298.67 instead of truncating it gave other pixel values here
+
+
+def test_scoring_keeps_training_mode(clip, photo_paths):
+    clip.model.train()
+    scores = score_captions(clip, photo_paths[0], CAPTIONS, cache=None, text_cache=None)
+    assert clip.model.training
+    assert clip.model.text_model.encoder.layers[0].training
+    clip.model.eval()
+    assert score_captions(clip, photo_paths[0], CAPTIONS, cache=None, text_cache=None).cosine == pytest.approx(scores.cosine, abs=1e-6)
+    assert not clip.model.training
+
+
+def test_image_cache_sees_image_weight_change(photo_paths):
+    from negclip.encode import ImageFeatureCache
+
+    base = load_clip("tiny-random")
+    tuned = load_clip("tiny-random")
+    assert base.image_cache_key == tuned.image_cache_key  # same image side: features are shared
+    cache = ImageFeatureCache()
+    before = score_captions(base, photo_paths[0], CAPTIONS, cache=cache, text_cache=None)
+    with torch.no_grad():
+        base.model.vision_model.encoder.layers[0].mlp.fc1.weight.mul_(3.0)
+    assert base.image_cache_key != tuned.image_cache_key
+    after = score_captions(base, photo_paths[0], CAPTIONS, cache=cache, text_cache=None)
+    fresh = score_captions(base, photo_paths[0], CAPTIONS, cache=None, text_cache=None)
+    assert after.cosine == pytest.approx(fresh.cosine, abs=1e-6)
+    assert after.cosine != pytest.approx(before.cosine, abs=1e-4)
+
+
+def test_image_cache_sees_rewritten_folder(photo_paths, tmp_path):
+    from negclip.encode import ImageFeatureCache
+
+    folder = tmp_path / "model"
+    first = load_clip("tiny-random")
+    first.model.save_pretrained(folder)
+    cache = ImageFeatureCache()
+    before = score_captions(load_clip(str(folder)), photo_paths[0], CAPTIONS, cache=cache, text_cache=None)
+    with torch.no_grad():
+        first.model.visual_projection.weight.neg_()
+    first.model.save_pretrained(folder)
+    after = score_captions(load_clip(str(folder)), photo_paths[0], CAPTIONS, cache=cache, text_cache=None)
+    assert after.cosine == pytest.approx([-value for value in before.cosine], abs=1e-5)
+
+
+def test_text_cache_sees_disabled_lora(photo_paths):
+    from peft import LoraConfig, get_peft_model
+
+    from negclip.models import LoadedClip
+
+    loaded = load_clip("tiny-random")
+    base_scores = score_captions(loaded, photo_paths[0], CAPTIONS, cache=None, text_cache=None).cosine
+    peft_model = get_peft_model(loaded.model, LoraConfig(r=2, target_modules=["q_proj", "v_proj"], init_lora_weights=False))
+    lora = LoadedClip(peft_model.eval(), loaded.tokenizer, loaded.preprocess, name="tiny-random")
+    cache = TextFeatureCache()
+    with_adapter = score_captions(lora, photo_paths[0], CAPTIONS, cache=None, text_cache=cache).cosine
+    with peft_model.disable_adapter():
+        disabled = score_captions(lora, photo_paths[0], CAPTIONS, cache=None, text_cache=cache).cosine
+    assert disabled == pytest.approx(base_scores, abs=1e-5)
+    assert with_adapter != pytest.approx(base_scores, abs=1e-4)
