@@ -21,7 +21,8 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from negclip.config import TrainConfig  # noqa: E402
-from negclip.data import NegationExample, write_jsonl  # noqa: E402
+from conftest import write_negation_file  # noqa: E402
+from negclip.data import NegationExample  # noqa: E402
 
 STEPS = 4
 STOP_AFTER = 2
@@ -109,26 +110,8 @@ def _first_batch_gradients(data: Path) -> dict[str, torch.Tensor]:
 
 @pytest.fixture(scope="module")
 def negation_file(photo_paths, tmp_path_factory):
-    objects = ["dog", "car", "person", "cat", "bus", "pizza", "horse", "boat"]
-    examples = []
-    for index, path in enumerate(photo_paths[:16]):
-        present, absent = objects[index % 8], objects[(index + 3) % 8]
-        caption = f"a photo with a {present} and a table number {index}"
-        examples.append(
-            NegationExample(
-                image=str(path),
-                caption=caption,
-                presence_negated=f"{caption}, but there is no {present}",
-                absence_negated=f"{caption}, but there is no {absent}",
-                present_object=present,
-                absent_object=absent,
-                objects=[present],
-                absent_objects=[absent],
-            )
-        )
     path = tmp_path_factory.mktemp("data") / "negations.jsonl"
-    write_jsonl(examples, path)
-    return path
+    return write_negation_file(photo_paths[:16], "a photo with a {present} and a table number {index}", path)
 
 
 @pytest.fixture(scope="module")

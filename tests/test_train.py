@@ -7,32 +7,13 @@ import torch
 
 import negclip.train as train_module
 from negclip.config import TrainConfig
-from negclip.data import NegationExample, write_jsonl
+from conftest import write_negation_file
 from negclip.train import CHECKPOINT_FILE, TrainingDivergedError, batch_order, cosine_schedule, train
 
 
 @pytest.fixture()
 def negation_file(photo_paths, tmp_path):
-    objects = ["dog", "car", "person", "cat", "bus", "pizza", "horse", "boat"]
-    examples = []
-    for index, path in enumerate(photo_paths[:12]):
-        present, absent = objects[index % 8], objects[(index + 3) % 8]
-        caption = f"a photo with a {present} number {index}"
-        examples.append(
-            NegationExample(
-                image=str(path),
-                caption=caption,
-                presence_negated=f"{caption}, but there is no {present}",
-                absence_negated=f"{caption}, but there is no {absent}",
-                present_object=present,
-                absent_object=absent,
-                objects=[present],
-                absent_objects=[absent],
-            )
-        )
-    path = tmp_path / "negations.jsonl"
-    write_jsonl(examples, path)
-    return path
+    return write_negation_file(photo_paths[:12], "a photo with a {present} number {index}", tmp_path / "negations.jsonl")
 
 
 def _config(negation_file, tmp_path, **overrides):
