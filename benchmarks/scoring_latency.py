@@ -4,9 +4,9 @@ Plain transformers is what a user of the library writes: CLIPModel with eager at
 padding to the longest caption, one model(**inputs) call under torch.no_grad, in fp32. The project's path is
 `negclip.scoring.score_captions`: the project's image preprocessing, caption features through shared-prefix
 packing, the lean forward pass of `negclip.inference` (oneDNN-prepared weights, fused query-key-value products,
-only the pooled token in the last layer) and per-model caches of photo and caption features. Both run the same ViT-B/32-shaped
-random weights (`vit-b32-random`) in the same process, alternating round by round, on real COCO photos. Each
-round uses a photo that neither side has seen.
+only the pooled token in the last layer) and per-model caches of photo and caption features. Both run the same
+ViT-B/32-shaped random weights (`vit-b32-random`) in the same process, alternating round by round, on real COCO
+photos. Each round uses a photo that neither side has seen.
 
 The 8 captions of a photo are one of its COCO captions and 7 negations of it built by the project's negation
 builder, as in the app's Compare tab. The script also times UMAP on 2,000 embeddings, cold (numba compiles) and

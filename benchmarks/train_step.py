@@ -103,7 +103,7 @@ class Workbench:
         """Encode every training photo once, as `train()` does before its first step; return the seconds taken."""
         started = time.perf_counter()
         self.image_embeds = encode_images(self.clip, self.images)
-        self.model.train()  # encode_images restores clip.model's mode; this also covers a wrapper around it
+        self.model.train()  # prepare_for_training may return a wrapper around clip.model (LoRA)
         return time.perf_counter() - started
 
     def default_optimizer(self) -> torch.optim.AdamW:

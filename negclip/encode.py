@@ -172,7 +172,7 @@ def encode_images(
     The image tower is never trained here, so with a cache each photo is encoded once per model. Tuned models
     share the base model's image features, because tuning touches only the text encoder.
     """
-    model_key = clip.image_cache_key  # adapters change only the text side, so tuned models share their base's
+    model_key = clip.image_cache_key  # shared by a tuned model and its base, since adapters change only text
     keys = [_image_key(source) for source in images]
     found: dict[str, torch.Tensor] = {}
     pending: dict[str, object] = {}  # key -> source, each distinct photo once, decoded batch by batch

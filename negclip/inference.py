@@ -35,7 +35,7 @@ from torch.optim.optimizer import register_optimizer_step_post_hook
 if TYPE_CHECKING:
     from negclip.packing import PackedCaptions
 
-# Rows per product that oneDNN picks the weight layout for; products with any other row count work as well.
+# oneDNN picks the weight layout for products of this many rows. Products with other row counts work as well.
 LAYOUT_ROWS_HINT = 64
 # encoder -> (fingerprint, [PreparedLayer]); vision embeddings -> (fingerprint, PreparedLinear)
 _PREPARED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
@@ -68,7 +68,7 @@ def clip_model(model) -> nn.Module:
 
 
 def supports(model) -> bool:
-    """True for a CLIP in eval mode, in float32 on the CPU, whose layers' linear maps are all plain nn.Linear."""
+    """Return True for a CLIP in eval mode, in float32 on the CPU, whose layers' linear maps are all nn.Linear."""
     if os.environ.get("NEGCLIP_LEAN_SCORING", "1") == "0":
         return False
     model = clip_model(model)
@@ -102,7 +102,7 @@ def image_features(model, pixel_values: torch.Tensor) -> torch.Tensor:
 
 
 def _embed_patches(embeddings, pixel_values: torch.Tensor) -> torch.Tensor:
-    """CLIPVisionEmbeddings' output, with the patch convolution (stride = kernel) as one matrix product."""
+    """Compute CLIPVisionEmbeddings' output, with the patch convolution (stride = kernel) as one matrix product."""
     batch, channels, height, width = pixel_values.shape
     size, patch = embeddings.image_size, embeddings.patch_size
     if (height, width) != (size, size):
@@ -162,7 +162,7 @@ class PreparedLinear:
 
 @dataclass
 class PreparedLayer:
-    """One encoder layer's linear layers, prepared; the layer norms and the activation stay the layer's own."""
+    """An encoder layer with its linear maps prepared. Its layer norms and any unfused activation run as its own."""
 
     layer: nn.Module
     qkv: PreparedLinear
@@ -172,7 +172,7 @@ class PreparedLayer:
     heads: int
 
     def attention_input(self, hidden: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Query, key and value of every token, each (batch, heads, tokens, head_dim)."""
+        """Return the query, key and value of every token, each (batch, heads, tokens, head_dim)."""
         batch, tokens, _ = hidden.shape
         projected = self.qkv(self.layer.layer_norm1(hidden))
         return projected.view(batch, tokens, 3, self.heads, -1).permute(2, 0, 3, 1, 4).unbind(0)

@@ -11,6 +11,7 @@ from pathlib import Path
 import torch
 from transformers import CLIPConfig, CLIPModel, CLIPTokenizer
 
+from negclip import inference
 from negclip.images import CLIP_MEAN, CLIP_STD, ImagePreprocessor
 
 logger = logging.getLogger(__name__)
@@ -54,8 +55,7 @@ class LoadedClip:
         # Version counters of the image side at creation. A tuned copy of a model shares its base's image
         # features until an image-side weight changes in place (copy_, load_state_dict, mul_).
         # NOTE: a weight replaced by a new Parameter object, or changed through `.data`, is not noticed.
-        inner = getattr(getattr(self.model, "base_model", None), "model", None)
-        clip_model = inner if inner is not None and hasattr(inner, "vision_model") else self.model
+        clip_model = inference.clip_model(self.model)
         self._image_parameters = list(clip_model.vision_model.parameters()) + list(
             clip_model.visual_projection.parameters()
         )
